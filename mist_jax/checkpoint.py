@@ -1,0 +1,98 @@
+"""Orbax checkpoints of a class-incremental run, one per finished task.
+
+A checkpoint holds everything needed to continue bit-for-bit: the array state (backbone
+params, projection head, learner state, MIST count/frozen masks) and a JSON record (next task
+index, class order, metrics so far, the config fingerprint). Restoring under a different config
+fails with a message instead of silently mixing two experiments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+# Config keys that do not change results: changing them keeps a checkpoint valid.
+_RESULT_NEUTRAL = ("compare_baseline", "mist.log_every", "learner.eval_batch_size")
+
+
+def config_fingerprint(config: dict) -> str:
+    """sha256 (hex, 16 chars) of the config's JSON, minus result-neutral keys."""
+    cfg = json.loads(json.dumps(config, sort_keys=True, default=str))
+    for dotted in _RESULT_NEUTRAL:
+        *parents, leaf = dotted.split(".")
+        node = cfg
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class RunCheckpointer:
+    """Save/restore the run state after each task under ``<workdir>/checkpoints/<task>``.
+
+    Args:
+      directory: checkpoint folder (created if missing).
+      config: the run's config as a plain dict (``ConfigDict.to_dict()``).
+      max_to_keep: how many task checkpoints to keep (default 2: the newest and one spare).
+    """
+
+    def __init__(self, directory: str | Path, config: dict, max_to_keep: int = 2):
+        self.fingerprint = config_fingerprint(config)
+        self._manager = ocp.CheckpointManager(
+            Path(directory).absolute(),
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        )
+
+    def save(self, task: int, state: Any, record: dict) -> None:
+        """Write the checkpoint of finished task ``task`` and block until it is on disk.
+
+        Args:
+          task: index of the finished task (the orbax step).
+          state: nested dicts of non-empty arrays (orbax refuses zero-size arrays).
+          record: JSON-serialisable run record (next task, class order, metrics so far).
+        """
+        record = dict(record, config_fingerprint=self.fingerprint)
+        self._manager.save(task, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)))
+        self._manager.wait_until_finished()
+
+    def restore(self) -> tuple[Any, dict] | None:
+        """The newest checkpoint as ``(state, record)``, or None when there is none.
+
+        The state comes back as nested dicts of numpy arrays with the saved shapes (learner
+        states grow from task to task, so no template is needed).
+        Raises:
+          ValueError: the checkpoint was written under a different config (names both
+            fingerprints and the fix), or it cannot be read (corrupt; names the folder).
+        """
+        step = self._manager.latest_step()
+        if step is None:
+            return None
+        try:
+            record = self._manager.restore(step, args=ocp.args.Composite(
+                record=ocp.args.JsonRestore()))["record"]
+        except Exception as e:
+            raise ValueError(f"Checkpoint {self._manager.directory / str(step)} is unreadable "
+                             f"({e}); move the folder away to start the run afresh.") from e
+        if record.get("config_fingerprint") != self.fingerprint:
+            raise ValueError(
+                f"The checkpoint in {self._manager.directory} was written by a different config "
+                f"(fingerprint {record.get('config_fingerprint')} != {self.fingerprint}). Use a "
+                "new --workdir for a new experiment, or re-run with the original config."
+            )
+        try:
+            state = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore()))["state"]
+        except Exception as e:
+            raise ValueError(f"Checkpoint {self._manager.directory / str(step)} is unreadable "
+                             f"({e}); move the folder away to start the run afresh.") from e
+        return jax.tree_util.tree_map(np.asarray, state), record
+
+    def close(self) -> None:
+        self._manager.close()

@@ -1,0 +1,149 @@
+"""One MIST adaptation of the backbone on one task (MIST Sec. 2; code models/*_mist.py `_mist_run`).
+
+score (epoch 1, no update) -> select -> sparse-tune with the MI loss (epochs 2..E) -> bookkeeping.
+The learner-independent piece the runner calls before each learner's fit; the original code
+copies this loop into every learner, here it is written once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mist_jax import augment, masks, objectives, optim, sensitivity
+
+PyTree = Any
+
+
+def make_loss_fn(model: nn.Module, preprocess: Callable, objective: str = "mi",
+                 temperature: float = 0.07, out_dim: int = 128) -> Callable:
+    """The MI training loss ``loss(params, batch) -> float32 scalar`` (MIST Sec. 2.1).
+
+    ``params = {"backbone": ViT params, "head": Dense(out_dim) params}``; ``batch = (images
+    float32[B, S, S, 3] in [0, 1], labels int32[B], key)``. Two views [x; aug(x)] (2B images)
+    go through the backbone and the projection head; ``mi``/``supcon`` take the L2-normalised
+    projections, ``ce`` takes the head's output as logits over ``out_dim`` classes.
+    """
+    head = nn.Dense(out_dim)
+    loss = objectives.get_objective(objective)
+
+    def loss_fn(params, batch):
+        images, labels, key = batch
+        views = augment.two_views(key, images)
+        feats = model.apply({"params": params["backbone"]}, preprocess(views))
+        out = head.apply({"params": params["head"]}, feats)
+        labels2 = jnp.concatenate([labels, labels])
+        if objective == "ce":
+            return loss(out, labels2)
+        return loss(objectives.l2_normalize(out), labels, temperature)
+
+    return loss_fn
+
+
+def init_head(key: jax.Array, feature_dim: int, out_dim: int) -> PyTree:
+    """Projection head Dense(out_dim) params (PyTorch nn.Linear-like init), kept across tasks."""
+    return nn.Dense(out_dim).init(key, jnp.zeros((1, feature_dim)))["params"]
+
+
+def _train_step_fn(loss_fn: Callable, tx: optax.GradientTransformation) -> Callable:
+    def step(params, opt_state, batch):
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        new = optax.apply_updates(params, updates)
+        changed = optim.updated_fraction(params["backbone"], new["backbone"])
+        return new, opt_state, loss, changed
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def _optimizer(cfg: Any, seed: int, mask=None, count=None, frozen=None):
+    return optim.mist_optimizer(
+        mask, count, frozen, sparsity=cfg.sparsity, drop_rate=cfg.drop_rate,
+        overlap_decay=cfg.overlap_decay, seed=seed, learning_rate=cfg.learning_rate,
+        momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+        head_learning_rate=cfg.head_learning_rate)
+
+
+class Adapter:
+    """MIST for a whole run: compiles the scoring and tuning steps once, adapts per task.
+
+    The masks, counts and frozen flags live in the optimizer state (arrays), so one compiled
+    train step serves every task; only ``init`` differs between tasks.
+
+    Args:
+      loss_fn: from ``make_loss_fn``.
+      cfg: ``config.mist`` (selector, select_rate, drop_rate, overlap_decay, freeze_rate,
+        sparsity, epochs, learning rates, momentum, weight_decay, log_every).
+    """
+
+    def __init__(self, loss_fn: Callable, cfg: Any):
+        self.loss_fn, self.cfg = loss_fn, cfg
+        self._step = _train_step_fn(loss_fn, _optimizer(cfg, 0))
+
+    def adapt(self, params: PyTree, state: masks.MistState,
+              epoch_batches: Callable[[int], Iterable], seed: int,
+              on_step: Callable[[dict], None] | None = None
+              ) -> tuple[PyTree, masks.MistState, dict]:
+        """Run MIST on one task.
+
+        Args:
+          params: ``{"backbone", "head"}`` float32 pytree (not modified; a new one is returned).
+          state: the ``MistState`` (count, frozen) from earlier tasks, shaped like ``params``.
+          epoch_batches: ``epoch -> iterable of (images, labels, key)`` for epoch 0..E-1; epoch 0
+            is the scoring pass (MIST Sec. 2.4: it counts as the first of ``cfg.epochs``).
+          seed: seed of this task's stochastic drop and random selector.
+          on_step: optional callback receiving a dict per step (epoch, step, loss, updated_fraction).
+        Returns:
+          ``(tuned params, new MistState, log)`` with log keys ``mi_loss_per_epoch`` (mean over
+          each update epoch), ``selected_fraction`` (selected / total over scored backbone
+          tensors), ``updated_fraction`` (mean fraction of backbone elements changed per step),
+          ``coverage`` ({path: percent selected}), ``steps``, ``images`` (views / 2 processed).
+        Raises:
+          ValueError: a NaN/inf loss (names the epoch and step and the likely fix).
+        """
+        cfg, loss_fn = self.cfg, self.loss_fn
+        t0 = time.perf_counter()
+        score_fn = sensitivity.gradient_scores if cfg.selector == "gradient" else sensitivity.fisher_scores
+        scores = score_fn(loss_fn, params, epoch_batches(0), frozen=state.frozen)
+        mask = masks.select(cfg.selector, cfg.select_rate, params=params, scores=scores, seed=seed)
+        tx = _optimizer(cfg, seed, mask, state.count, state.frozen)
+        step_fn = self._step  # same update rule; this task's masks come from tx.init below
+        params = jax.tree_util.tree_map(jnp.array, params)  # a private copy: the step donates it
+        opt_state = tx.init(params)
+        losses, changed, images, steps = [], [], 0, 0
+        for epoch in range(1, cfg.epochs):
+            epoch_losses = []
+            for batch in epoch_batches(epoch):
+                params, opt_state, loss, frac = step_fn(params, opt_state, batch)
+                epoch_losses.append(loss)
+                changed.append(frac)
+                images += len(batch[1])
+                steps += 1
+                if on_step is not None and steps % max(cfg.log_every, 1) == 0:
+                    on_step({"epoch": epoch, "step": steps, "mi_loss": float(loss),
+                             "updated_fraction": float(frac)})
+            mean = float(np.mean(jax.device_get(epoch_losses))) if epoch_losses else float("nan")
+            if epoch_losses and not np.isfinite(mean):
+                raise ValueError(f"MIST loss became {mean} in epoch {epoch}; lower "
+                                 "mist.learning_rate / mist.head_learning_rate or use float32.")
+            losses.append(mean)
+        backbone_scored = lambda k: k.startswith("backbone/")
+        report = masks.coverage(mask)
+        scored = {k: v for k, v in report.items() if backbone_scored(k)}
+        log = {
+            "mi_loss_per_epoch": losses,
+            "selected_fraction": masks.overall_fraction(scored, masks.DEFAULT_EXEMPT),
+            "updated_fraction": float(np.mean(jax.device_get(changed))) if changed else 0.0,
+            "coverage": {k: 100.0 * s / t for k, (s, t) in scored.items()},
+            "steps": steps,
+            "images": images,
+            "seconds": time.perf_counter() - t0,
+        }
+        state = masks.update_after_task(state, mask, scores, cfg.freeze_rate)
+        return params, state, log

@@ -1,0 +1,157 @@
+"""Run outputs in the workdir: config.json, metrics.jsonl, results.json, plots, TensorBoard.
+
+Every file is written atomically (temp file + rename), so a crash never leaves a half-written
+result; metrics.jsonl is append-only. Only this module and ``checkpoint.py`` write to disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from mist_jax import metrics  # noqa: E402
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON (temp file in the same folder + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1, default=float)
+    os.replace(tmp, path)
+
+
+class EventLog:
+    """Append-only event log: ``<workdir>/metrics.jsonl`` plus TensorBoard scalars in
+    ``<workdir>/tensorboard`` (tensorboardX; no TensorFlow needed).
+
+    ``write(row, step)`` appends ``row`` as one JSON line and logs every numeric field as the
+    scalar ``<row["event"]>/<field>`` at ``step``.
+    """
+
+    def __init__(self, workdir: str | Path):
+        from tensorboardX import SummaryWriter
+
+        self.path = Path(workdir) / "metrics.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+
+    def write(self, row: dict, step: int) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row, default=float) + "\n")
+        for k, v in row.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "event":
+                self._tb.add_scalar(f"{row.get('event', 'run')}/{k}", v, step)
+        self._tb.flush()
+
+    def close(self) -> None:
+        self._tb.close()
+
+
+def _savefig(fig, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_accuracy_curves(curves: dict[str, Sequence[float]], path: str | Path) -> None:
+    """Top-1 accuracy (%) after each task, one line per run name (e.g. MIST vs baseline)."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, curve in curves.items():
+        ax.plot(range(1, len(curve) + 1), curve, marker="o", label=name)
+    ax.set_xlabel("task")
+    ax.set_ylabel("top-1 on all seen classes (%)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _savefig(fig, Path(path))
+
+
+def plot_acc_matrix(acc_matrix: list[list[float]], path: str | Path) -> None:
+    """Heat map of acc_matrix[i][j] (%): rows = after task i, columns = task j's classes."""
+    t = len(acc_matrix)
+    grid = [[row[j] if j < len(row) else float("nan") for j in range(t)] for row in acc_matrix]
+    fig, ax = plt.subplots(figsize=(1 + 0.6 * t, 0.8 + 0.5 * t))
+    im = ax.imshow(grid, vmin=0, vmax=100, cmap="viridis")
+    for i, row in enumerate(acc_matrix):
+        for j, a in enumerate(row):
+            ax.text(j, i, f"{a:.0f}", ha="center", va="center", fontsize=7,
+                    color="white" if a < 60 else "black")
+    ax.set_xlabel("evaluated task j")
+    ax.set_ylabel("after task i")
+    fig.colorbar(im, ax=ax, label="top-1 (%)")
+    _savefig(fig, Path(path))
+
+
+def plot_mask_coverage(tasks: list[dict], path: str | Path) -> None:
+    """Selected % per scored backbone tensor group (block) and task."""
+    rows = [(t["task"], t["coverage"]) for t in tasks if t.get("coverage")]
+    if not rows:
+        return
+    groups: dict[str, list[str]] = {}
+    for k in rows[0][1]:
+        groups.setdefault(k.split("/")[1], []).append(k)
+    names = list(groups)
+    fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(names)), 3.5))
+    for task, cov in rows:
+        ax.plot(range(len(names)), [sum(cov[k] for k in groups[n]) / len(groups[n]) for n in names],
+                marker=".", label=f"task {task}")
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    ax.set_ylabel("selected (%) incl. always-selected")
+    ax.legend(fontsize=7)
+    _savefig(fig, Path(path))
+
+
+def versions() -> dict:
+    """Versions of Python and the numerical stack, for results.json."""
+    import flax
+    import jax
+    import optax
+
+    return {"python": platform.python_version(), "jax": jax.__version__,
+            "flax": flax.__version__, "optax": optax.__version__,
+            "backend": jax.default_backend(), "devices": jax.device_count(),
+            "machine": platform.machine()}
+
+
+def finish(workdir: str | Path, config, record: dict) -> dict:
+    """Write results.json, acc_matrix.png, mask_coverage.png and accuracy_curve.png.
+
+    Returns the results dict: the metrics of MIST_SPEC Sec. 5 (percent) under their exact
+    names, the per-task log, the class order, the config and the versions.
+    """
+    workdir = Path(workdir)
+    results = metrics.summarize(record["acc_matrix"], record["top1_curve"], record["top5_curve"])
+    results.update(tasks=record["tasks"], class_order=record["class_order"],
+                   config=config.to_dict(), versions=versions())
+    write_json(workdir / "results.json", results)
+    plot_acc_matrix(record["acc_matrix"], workdir / "acc_matrix.png")
+    plot_mask_coverage(record["tasks"], workdir / "mask_coverage.png")
+    plot_accuracy_curves({workdir.name: record["top1_curve"]}, workdir / "accuracy_curve.png")
+    return results
+
+
+def summary_table(results: dict[str, dict]) -> str:
+    """Plain-text table: per-task top-1, then average / last accuracy and forgetting per run."""
+    names = list(results)
+    t = max(len(r["top1_curve"]) for r in results.values())
+    width = max(10, *(len(n) for n in names))
+    lines = [f"{'':<22}" + "".join(f"{n:>{width + 2}}" for n in names)]
+    for i in range(t):
+        cells = "".join(f"{r['top1_curve'][i]:>{width + 2}.2f}" if i < len(r["top1_curve"])
+                        else f"{'':>{width + 2}}" for r in results.values())
+        lines.append(f"{'top-1 after task ' + str(i):<22}{cells}")
+    for key in ("average_accuracy", "last_accuracy", "forgetting", "new_task_accuracy"):
+        lines.append(f"{key:<22}" + "".join(f"{r[key]:>{width + 2}.2f}" for r in results.values()))
+    return "\n".join(lines)
