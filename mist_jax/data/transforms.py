@@ -1,0 +1,181 @@
+"""Image transforms of the authors' code and a seeded batch iterator (numpy + PIL, host side).
+
+MIST Sec. 4 / code utils/data.py ``build_transform``:
+* train: RandomResizedCrop(size, scale=(0.05, 1), ratio=(3/4, 4/3)) + horizontal flip (p 0.5);
+* test: Resize(int(256 / 224 * size), bicubic, shorter side) + CenterCrop(size);
+* pixels float32 in [0, 1], no normalisation (optional mean / std, e.g. ImageNet's for Cars).
+Crop sampling, rounding and interpolation follow torchvision's PIL backend. Greyscale and
+RGBA inputs become RGB. Everything is deterministic given a ``np.random.Generator``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """uint8 [H, W], [H, W, 1], [H, W, 3] or [H, W, 4] -> uint8 [H, W, 3].
+
+    Grey is replicated to three channels; an alpha channel is dropped.
+
+    Raises:
+      ValueError: any other shape.
+    """
+    image = np.asarray(image, np.uint8)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"Expected an HW, HW1, HW3 or HW4 image, got shape {image.shape}.")
+    if image.shape[-1] == 1:
+        return np.repeat(image, 3, axis=-1)
+    return image[..., :3]
+
+
+def _finish(images: list[np.ndarray], mean, std) -> np.ndarray:
+    out = np.stack(images).astype(np.float32) / 255.0
+    if mean is not None:
+        out = (out - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return out
+
+
+def random_resized_crop_params(height: int, width: int, scale, ratio,
+                               rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of a random crop: torchvision RandomResizedCrop.get_params.
+
+    Up to 10 tries of area fraction ~ U(scale) and log aspect ratio ~ U(log ratio); falls back
+    to the largest centred crop whose aspect ratio lies in `ratio`.
+    """
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainTransform:
+    """RandomResizedCrop(size, scale, ratio, bilinear) + horizontal flip with probability 0.5.
+
+    Call: ``(images, rng) -> float32 [N, size, size, 3]`` with images a sequence of uint8
+    [H, W(, C)] arrays and rng a ``np.random.Generator``.
+    """
+
+    size: int
+    scale: tuple[float, float] = (0.05, 1.0)
+    ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+    flip: bool = True
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def __call__(self, images: Sequence[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+        out = []
+        for image in images:
+            image = to_rgb(image)
+            top, left, h, w = random_resized_crop_params(*image.shape[:2], self.scale, self.ratio,
+                                                         rng)
+            crop = Image.fromarray(image).resize((self.size, self.size), Image.BILINEAR,
+                                                 box=(left, top, left + w, top + h))
+            crop = np.asarray(crop)
+            if self.flip and rng.random() < 0.5:
+                crop = crop[:, ::-1]
+            out.append(crop)
+        return _finish(out, self.mean, self.std)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalTransform:
+    """Resize the shorter side to `resize` (bicubic), then centre-crop `size` x `size`.
+
+    `resize` defaults to int(256 / 224 * size) (256 for 224). Call:
+    ``(images, rng=None) -> float32 [N, size, size, 3]``; rng is ignored (deterministic).
+    """
+
+    size: int
+    resize: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def __call__(self, images: Sequence[np.ndarray], rng=None) -> np.ndarray:
+        del rng
+        short = self.resize or int(256 / 224 * self.size)
+        if short < self.size:
+            raise ValueError(f"resize {short} is smaller than the crop size {self.size}.")
+        out = []
+        for image in images:
+            image = to_rgb(image)
+            h, w = image.shape[:2]
+            # torchvision Resize(int): the shorter side becomes `short`, the longer is truncated.
+            new_w, new_h = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+            resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BICUBIC))
+            top = int(round((new_h - self.size) / 2.0))
+            left = int(round((new_w - self.size) / 2.0))
+            out.append(resized[top:top + self.size, left:left + self.size])
+        return _finish(out, self.mean, self.std)
+
+
+def train_transform(size: int, **kwargs) -> TrainTransform:
+    """The authors' training transform at `size` px (kwargs: scale, ratio, flip, mean, std)."""
+    return TrainTransform(size, **kwargs)
+
+
+def test_transform(size: int, **kwargs) -> EvalTransform:
+    """The authors' test transform at `size` px (kwargs: resize, mean, std)."""
+    return EvalTransform(size, **kwargs)
+
+
+test_transform.__test__ = False  # Not a pytest test, despite the name.
+
+
+def iterate_batches(image_set, indices, batch_size: int, transform, seed: int,
+                    shuffle: bool = False, drop_last: bool = False
+                    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Batches (images float32 [B, size, size, 3], labels int32 [B]) of `image_set[indices]`.
+
+    One ``np.random.default_rng(seed)`` draws the shuffle (if any) then each batch's
+    augmentation, so the stream is a function of (indices, batch_size, transform, seed, flags).
+    Labels are ``image_set.labels``: remap them first, e.g.
+    ``dataclasses.replace(s, labels=remap_labels(s.labels, order))``.
+
+    Args:
+      image_set: an ``ImageSet`` (sources.py).
+      indices: int[n] sample indices into image_set.
+      batch_size: B >= 1.
+      transform: ``(images, rng) -> float32 [B, size, size, 3]`` (TrainTransform, EvalTransform).
+      seed: random seed.
+      shuffle: shuffle `indices` first.
+      drop_last: drop a last batch smaller than B.
+
+    Raises:
+      ValueError: batch_size < 1.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    rng = np.random.default_rng(seed)
+    indices = np.asarray(indices, np.int64)
+    if shuffle:
+        indices = rng.permutation(indices)
+    for start in range(0, indices.size, batch_size):
+        batch = indices[start:start + batch_size]
+        if drop_last and batch.size < batch_size:
+            return
+        yield transform(image_set.take(batch), rng), image_set.labels[batch].astype(np.int32)

