@@ -1,4 +1,4 @@
-"""Shared pytest setup: a private cache dir so tests never touch the user's caches."""
+"""Shared pytest setup: private cache and data dirs so tests never touch the user's."""
 
 import os
 
@@ -8,6 +8,8 @@ import pytest
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     # The embedded-backbone conversion is cached per session; honour a pre-set cache (CI reuse).
-    if "MIST_JAX_CACHE" not in os.environ:
-        os.environ["MIST_JAX_CACHE"] = str(tmp_path_factory.mktemp("mist_jax_cache"))
+    # Embedded datasets are built into a private TFDS data dir, unless one is given (CI reuse).
+    for var, name in (("MIST_JAX_CACHE", "mist_jax_cache"), ("MIST_JAX_DATA", "tfds_data")):
+        if var not in os.environ:
+            os.environ[var] = str(tmp_path_factory.mktemp(name))
     yield

@@ -1,0 +1,98 @@
+"""The runner end to end on the smoke config (a tiny random ViT on real MNIST-5k images):
+outputs, resume equality, config errors, and the CLI itself."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from configs import default as default_config  # noqa: E402
+from mist_jax import train  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+METRIC_KEYS = {"acc_matrix", "top1_curve", "top5_curve", "average_accuracy", "last_accuracy",
+               "forgetting", "new_task_accuracy"}
+
+
+def smoke(**overrides):
+    cfg = default_config.get_config("smoke")
+    with cfg.unlocked():
+        cfg.compare_baseline = False
+        for dotted, value in overrides.items():
+            node = cfg
+            *parents, leaf = dotted.split(".")
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+    return cfg
+
+
+def test_run_writes_all_outputs_with_spec_metric_names(tmp_path):
+    results = train.Run(smoke(), tmp_path / "mist", progress=False).run()
+    wd = tmp_path / "mist"
+    for name in ("config.json", "metrics.jsonl", "results.json", "acc_matrix.png",
+                 "mask_coverage.png", "accuracy_curve.png"):
+        assert (wd / name).is_file(), name
+    assert any((wd / "tensorboard").iterdir())
+    on_disk = json.loads((wd / "results.json").read_text())
+    assert METRIC_KEYS <= on_disk.keys()
+    acc = on_disk["acc_matrix"]
+    assert [len(r) for r in acc] == [1, 2]  # row i holds tasks 0..i
+    # Each top-1 is a per-image accuracy on 5 classes x 4 test images: a multiple of 5%.
+    assert all(abs(a / 5 - round(a / 5)) < 1e-9 for r in acc for a in r)
+    # After task 1 all 10 classes have 4 test images each: overall = mean of the two tasks.
+    assert on_disk["top1_curve"][1] == pytest.approx(np.mean(acc[1]))
+    assert on_disk["average_accuracy"] == pytest.approx(np.mean(on_disk["top1_curve"]))
+    assert on_disk["forgetting"] == pytest.approx(acc[0][0] - acc[1][0])
+    task = on_disk["tasks"][0]
+    assert task["selected_fraction"] == pytest.approx(0.1, abs=0.01)
+    assert 0 < task["updated_fraction"] <= 1 and len(task["mi_loss_per_epoch"]) == 1
+    assert results["last_accuracy"] == on_disk["top1_curve"][-1]
+    events = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
+    assert [e["task"] for e in events if e["event"] == "task_end"] == [0, 1]
+
+
+def test_resume_after_crash_is_bitwise_equal(tmp_path):
+    cfg = smoke(**{"mist.sparsity": "strict"})
+    full = train.Run(cfg, tmp_path / "full", progress=False).run()
+    crashed = train.Run(cfg, tmp_path / "resumed", progress=False)
+    crashed._task(0)  # the process dies after task 0's checkpoint
+    del crashed
+    resumed = train.Run(cfg, tmp_path / "resumed", progress=False)
+    assert resumed.record["next_task"] == 1
+    out = resumed.run()
+    assert out["acc_matrix"] == full["acc_matrix"]
+    assert out["tasks"][1]["mi_loss_per_epoch"] == full["tasks"][1]["mi_loss_per_epoch"]
+
+
+def test_checkpoint_from_other_config_is_refused(tmp_path):
+    run = train.Run(smoke(), tmp_path / "w", progress=False)
+    run._task(0)
+    with pytest.raises(ValueError, match="different config"):
+        train.Run(smoke(**{"mist.select_rate": 0.05}), tmp_path / "w", progress=False)
+
+
+def test_missing_dataset_fails_fast_with_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="cifar100"):
+        train.Run(smoke(**{"data.name": "cifar100", "data.data_dir": str(tmp_path)}),
+                  tmp_path / "w", progress=False)
+
+
+def test_cli_runs_and_rejects_misspelt_keys(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, "-m", "mist_jax.main", "--config", "configs/default.py:smoke",
+           "--workdir", str(tmp_path / "cli")]
+    bad = subprocess.run(cmd + ["--config.mist.selct_rate=0.05"], cwd=ROOT, env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "selct_rate" in bad.stderr
+    ok = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "average_accuracy" in ok.stdout and "baseline" in ok.stdout
+    assert (tmp_path / "cli" / "mist" / "results.json").is_file()
+    assert (tmp_path / "cli" / "baseline" / "results.json").is_file()
+    assert (tmp_path / "cli" / "accuracy_curve.png").is_file()
