@@ -350,12 +350,40 @@ def _count_blocks(flat: dict, pattern: str) -> int:
     return len(ids)
 
 
+#: Named checkpoints users bring (no download at run time): name -> where to get the file.
+NAMED = {
+    "vit_base_patch16_224_in21k": (
+        "the paper's backbone (timm vit_base_patch16_224_in21k): model.safetensors of "
+        "huggingface.co/timm/vit_base_patch16_224.augreg_in21k, or ViT-B_16.npz of "
+        "gs://vit_models/imagenet21k"),
+}
+
+
+def resolve_named(name: str) -> Path:
+    """Local file of a named checkpoint: ``<cache_dir>/<name>.safetensors``, ``<name>.npz`` or
+    ``<name>/model.safetensors``.
+
+    Raises: FileNotFoundError listing the places looked at and where to get the file.
+    """
+    root = cache_dir()
+    candidates = [root / f"{name}.safetensors", root / f"{name}.npz",
+                  root / name / "model.safetensors"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise FileNotFoundError(
+        f"Checkpoint {name!r} not found; looked for {', '.join(map(str, candidates))}. It is "
+        f"{NAMED[name]}. Download it on a connected machine and copy it to one of those paths "
+        "(or pass the file path as model.source)."
+    )
+
+
 def _read(source: str) -> tuple[dict, str]:
     """-> (flat arrays, format name: "native", "big_vision" or "timm")."""
     if source == EMBEDDED:
         with np.load(embedded_npz()) as f:
             return {k: f[k] for k in f.files}, "native"
-    path = Path(source).expanduser()
+    path = resolve_named(source) if source in NAMED else Path(source).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
             f"Pre-trained source {source!r} is neither {EMBEDDED!r} nor an existing file. Give a "
@@ -421,7 +449,8 @@ def load_pretrained(source: str, image_size: int | None = None, *, num_heads: in
 
     Args:
       source: ``"dinov2_vits14_imgfocus"`` (embedded, offline), a big_vision / AugReg ``.npz``,
-        a mist-jax ``.npz`` (``save_npz``), or a timm / Hugging Face ``.safetensors``.
+        a mist-jax ``.npz`` (``save_npz``), a timm / Hugging Face ``.safetensors``, or a name
+        of ``NAMED`` (a file the user placed in the cache dir; see ``resolve_named``).
       image_size: input side in pixels (a multiple of the patch size); the position embedding
         is resampled with PyTorch's bicubic kernel when it differs from the checkpoint's grid.
         Default: the checkpoint's own size.
@@ -463,7 +492,7 @@ def default_preprocess(source: str) -> str:
     """
     if source == EMBEDDED:
         return "imagenet"
-    path = Path(source)
+    path = resolve_named(source) if source in NAMED else Path(source)
     if path.suffix == ".npz" and path.is_file():
         with np.load(path) as f:
             bv = any(k.removeprefix("params/").startswith("Transformer/") for k in f.files)
