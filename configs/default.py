@@ -65,7 +65,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.learner = ml_collections.ConfigDict()
     c.learner.name = "simplecil"  # simplecil | ranpac
     c.learner.drift_compensation = False  # Yu et al. CVPR 2020 SDC for prototypes
-    c.learner.drift_sigma = 0.3
+    c.learner.drift_sigma = 0.3  # Gaussian kernel width on L2-normalised features
     c.learner.ranpac_dim = 10000  # M of W_rand
     c.learner.eval_batch_size = 128
 

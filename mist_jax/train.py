@@ -216,8 +216,11 @@ class Run:
             task_log["images_per_second"] = log["images"] * cfg.mist.epochs / (cfg.mist.epochs - 1) / max(log["seconds"], 1e-9)
         feats = self.features("train", idx, labels)
         if use_mist and cfg.learner.drift_compensation and t > 0:
-            protos = compensate_drift(self.learner_state.prototypes, before, feats,
-                                      cfg.learner.drift_sigma)
+            # SDC on the unit sphere, where sigma = 0.3 has the meaning of Yu et al.'s
+            # normalised embeddings; the cosine classifier only uses prototype directions.
+            unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+            protos = compensate_drift(unit(np.asarray(self.learner_state.prototypes)),
+                                      unit(before), unit(feats), cfg.learner.drift_sigma)
             self.learner_state = self.learner_state.replace(prototypes=protos)
         self.learner_state = self.learner.fit_task(self.learner_state, feats, labels, (lo, hi))
         row, top1, top5 = self._evaluate(hi)
