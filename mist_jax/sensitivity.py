@@ -1,0 +1,98 @@
+"""Parameter sensitivity scores for MIST selection and its ablations.
+
+Source: MIST Sec. 2.2 of /work/shared/MIST_SPEC.md (MI-Fisher score); code
+models/simplecil_mist.py `_mist_run` (first epoch: `response_accumulator += grad ** 2`, frozen
+elements' gradients zeroed; the code's 1/len(loader)^2 scale does not change a per-tensor
+quantile and is dropped here).
+
+Scoring is one pass over the task's data with no update. The per-batch gradient, the frozen
+masking and the accumulation are fused in one jitted step that takes and returns the running sum
+(donated), so the pass never leaves the device; the first batch initialises the sum (no zeros
+pass). Both steps are compiled once per distinct `loss_fn` object.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+LossFn = Callable[[PyTree, Any], jax.Array]
+
+
+def _batch_scores(loss_fn: LossFn, power: int, params: PyTree, batch: Any, frozen) -> PyTree:
+    """|dL/dparams|^power for one batch in float32 (power 1 or 2), 0 where frozen."""
+    grads = jax.grad(loss_fn)(params, batch)
+    scores = jax.tree.map(lambda g: jnp.abs(g.astype(jnp.float32)) ** power, grads)
+    if frozen is None:
+        return scores
+    return jax.tree.map(lambda s, f: jnp.where(f, 0.0, s), scores, frozen)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _first_step(loss_fn: LossFn, power: int, params: PyTree, batch: Any, frozen) -> PyTree:
+    return _batch_scores(loss_fn, power, params, batch, frozen)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(2,))
+def _accumulate_step(loss_fn: LossFn, power: int, acc: PyTree, params: PyTree, batch: Any, frozen):
+    return jax.tree.map(jnp.add, acc, _batch_scores(loss_fn, power, params, batch, frozen))
+
+
+def _accumulate(loss_fn: LossFn, power: int, params: PyTree, batches: Iterable, frozen) -> PyTree:
+    if frozen is not None and jax.tree.structure(frozen) != jax.tree.structure(params):
+        raise ValueError(
+            "frozen must be None or a bool pytree with the same structure as params "
+            "(e.g. MistState.frozen from mist_jax.masks.init_mist_state(params))."
+        )
+    acc = None
+    for batch in batches:
+        if acc is None:
+            acc = _first_step(loss_fn, power, params, batch, frozen)
+        else:
+            acc = _accumulate_step(loss_fn, power, acc, params, batch, frozen)
+    if acc is None:
+        raise ValueError("batches is empty: pass an iterable with at least one batch of the task.")
+    return acc
+
+
+def fisher_scores(
+    loss_fn: LossFn, params: PyTree, batches: Iterable, frozen: PyTree | None = None
+) -> PyTree:
+    """MI-Fisher sensitivity: sum over batches of the squared batch gradient (MIST Sec. 2.2).
+
+    Args:
+      loss_fn: pure function (params, batch) -> float scalar loss (e.g. the MI objective over two
+        views). Passing the same function object again reuses the compiled step.
+      params: parameter pytree (any float dtype).
+      batches: iterable of batches (pytrees of arrays); each is passed to `loss_fn` unchanged.
+      frozen: None or bool pytree shaped like params; frozen elements score exactly 0.
+
+    Returns:
+      float32 pytree shaped like params: sum_b (dL_b/dtheta)^2.
+
+    Raises:
+      ValueError: `batches` is empty or `frozen` does not match params.
+    """
+    return _accumulate(loss_fn, 2, params, batches, frozen)
+
+
+def gradient_scores(
+    loss_fn: LossFn, params: PyTree, batches: Iterable, frozen: PyTree | None = None
+) -> PyTree:
+    """Gradient-magnitude ablation score: sum over batches of |batch gradient| (MIST Sec. 3).
+
+    This is the sum of per-batch absolute gradients (not the absolute value of the summed
+    gradient), the first-order analogue of `fisher_scores`, so opposite-signed batches do not
+    cancel. Same arguments, returns and errors as `fisher_scores`.
+    """
+    return _accumulate(loss_fn, 1, params, batches, frozen)
+
+
+def magnitude_scores(params: PyTree) -> PyTree:
+    """Weight-magnitude ablation score |w| (MIST Sec. 3): float32 pytree shaped like params."""
+    return jax.tree.map(lambda w: jnp.abs(w).astype(jnp.float32), params)

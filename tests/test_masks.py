@@ -1,0 +1,230 @@
+"""Selection masks, coverage and task bookkeeping against numpy.quantile and hand-made trees."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl.testing import parameterized
+
+from mist_jax import masks
+
+SHAPES = {
+    "backbone": {
+        "cls_token": (1, 1, 8),
+        "patch_embed": {"kernel": (2, 2, 3, 8), "bias": (8,)},
+        "encoderblock_0": {
+            "norm1": {"scale": (8,), "bias": (8,)},
+            "attn": {"query": {"kernel": (8, 2, 4), "bias": (2, 4)}},
+            "ls1": {"scale": (8,)},
+            "mlp": {"fc1": {"kernel": (8, 16), "bias": (16,)}},
+        },
+        "encoder_norm": {"scale": (8,), "bias": (8,)},
+    },
+    "head": {"kernel": (8, 4), "bias": (4,)},
+}
+# Hand-listed expectation for DEFAULT_EXEMPT: biases, LayerNorm scales, the head.
+EXEMPT = {
+    "backbone/cls_token": False,
+    "backbone/patch_embed/kernel": False,
+    "backbone/patch_embed/bias": True,
+    "backbone/encoderblock_0/norm1/scale": True,
+    "backbone/encoderblock_0/norm1/bias": True,
+    "backbone/encoderblock_0/attn/query/kernel": False,
+    "backbone/encoderblock_0/attn/query/bias": True,
+    "backbone/encoderblock_0/ls1/scale": False,
+    "backbone/encoderblock_0/mlp/fc1/kernel": False,
+    "backbone/encoderblock_0/mlp/fc1/bias": True,
+    "backbone/encoder_norm/scale": True,
+    "backbone/encoder_norm/bias": True,
+    "head/kernel": True,
+    "head/bias": True,
+}
+
+
+def is_shape(x):
+    return isinstance(x, tuple)
+
+
+def random_tree(seed, ties=False):
+    rng = np.random.default_rng(seed)
+
+    def leaf(shape):
+        if ties:  # few distinct values: many ties at the threshold
+            return jnp.asarray(rng.integers(0, 4, size=shape).astype(np.float32))
+        return jnp.asarray(rng.random(shape).astype(np.float32))
+
+    return jax.tree.map(leaf, SHAPES, is_leaf=is_shape)
+
+
+def flat(tree):
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {masks.path_str(p): np.asarray(v) for p, v in leaves}
+
+
+class QuantileTest(chex.TestCase, parameterized.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters(
+        (1, 0.9), (2, 0.5), (10, 0.9), (37, 0.95), (101, 0.9995), (1000, 0.9), (999, 0.0), (64, 1.0)
+    )
+    def test_matches_numpy(self, n, q):
+        rng = np.random.default_rng(n)
+        for x in (rng.normal(size=n).astype(np.float32), rng.integers(0, 3, size=n).astype(np.float32)):
+            got = self.variant(functools.partial(masks.quantile_threshold, q=q))(jnp.asarray(x))
+            np.testing.assert_allclose(got, np.quantile(x, q), rtol=1e-6, atol=1e-7)
+            np.testing.assert_array_equal(x >= got, x >= np.quantile(x, q))
+
+
+class SelectTopTest(chex.TestCase, parameterized.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters((0.1, False), (0.05, False), (0.1, True), (0.5, True), (1.0, False))
+    def test_against_numpy_quantile(self, rate, ties):
+        scores = random_tree(int(rate * 100) + ties, ties)
+        got = flat(self.variant(functools.partial(masks.select_top, select_rate=rate))(scores))
+        for path, s in flat(scores).items():
+            assert got[path].dtype == bool
+            if EXEMPT[path]:
+                assert got[path].all(), path
+            else:
+                np.testing.assert_array_equal(got[path], s >= np.quantile(s, 1 - rate), err_msg=path)
+
+    def test_ties_are_all_selected(self):
+        # 10 elements, values 0..4 twice; quantile(0.9) with linear interpolation:
+        # virtual index 0.9 * 9 = 8.1 -> sorted[8] = 4, sorted[9] = 4 -> threshold 4 exactly,
+        # both 4s selected (2 of 10).
+        s = {"w": jnp.asarray([0, 1, 2, 3, 4, 0, 1, 2, 3, 4], jnp.float32) * 0.1 + 0.3}
+        got = masks.select_top(s, 0.1, exempt=())["w"]
+        np.testing.assert_array_equal(got, [0, 0, 0, 0, 1, 0, 0, 0, 0, 1])
+
+    def test_exempt_override(self):
+        scores = random_tree(0)
+        got = flat(masks.select_top(scores, 0.1, exempt=(r"cls_token$",)))
+        assert got["backbone/cls_token"].all()
+        assert not got["head/kernel"].all()  # no longer exempt
+
+    @parameterized.parameters(0.0, -0.1, 1.5)
+    def test_bad_rate(self, rate):
+        with self.assertRaisesRegex(ValueError, "select_rate"):
+            masks.select_top(random_tree(0), rate)
+
+
+class ExemptAndPrefixTest(parameterized.TestCase):
+    def test_default_exempt(self):
+        tree = jax.tree.map(jnp.zeros, SHAPES, is_leaf=is_shape)
+        self.assertEqual(flat(masks.exempt_tree(tree)), {k: np.asarray(v) for k, v in EXEMPT.items()})
+        self.assertEqual(flat(masks.tree_paths(tree))["head/bias"], "head/bias")
+
+    def test_string_patterns_rejected(self):
+        with self.assertRaisesRegex(ValueError, "wrap it in a tuple"):
+            masks.exempt_tree({"a": 1}, r"bias$")
+
+    def test_expand_prefix(self):
+        params = {"backbone": {"w": jnp.zeros((2, 3))}, "head": {"k": jnp.zeros((3,))}}
+        got = masks.expand_prefix({"backbone": {"w": jnp.ones((2, 3))}, "head": None}, params, 5)
+        np.testing.assert_array_equal(got["backbone"]["w"], np.ones((2, 3)))
+        self.assertEqual(got["head"]["k"].shape, ())  # scalar, broadcastable, not materialised
+        self.assertEqual(int(got["head"]["k"]), 5)
+        self.assertEqual(int(masks.expand_prefix(None, params, 0)["backbone"]["w"]), 0)
+        with self.assertRaisesRegex(ValueError, "not a prefix"):
+            masks.expand_prefix({"backbone": None}, params, 0)
+        with self.assertRaisesRegex(ValueError, "does not broadcast.*backbone/w"):
+            masks.expand_prefix({"backbone": jnp.ones(4), "head": None}, params, 0)
+
+
+class SelectorsTest(parameterized.TestCase):
+    def test_same_budget_for_every_selector(self):
+        params = random_tree(1)
+        scores = random_tree(2)
+        counts = {}
+        for kind in masks.SELECTORS:
+            m = masks.select(kind, 0.1, params=params, scores=scores, seed=3)
+            counts[kind] = {k: int(v.sum()) for k, v in flat(m).items()}
+        for kind in masks.SELECTORS:
+            self.assertEqual(counts[kind], counts["fisher"], kind)
+
+    def test_magnitude_and_random(self):
+        params = jax.tree.map(lambda x: x - 0.5, random_tree(4))
+        got = flat(masks.select("magnitude", 0.2, params=params))
+        w = flat(params)["backbone/encoderblock_0/mlp/fc1/kernel"]
+        np.testing.assert_array_equal(
+            got["backbone/encoderblock_0/mlp/fc1/kernel"], np.abs(w) >= np.quantile(np.abs(w), 0.8)
+        )
+        r1 = flat(masks.select("random", 0.2, params=params, seed=0))
+        r2 = flat(masks.select("random", 0.2, params=params, seed=0))
+        r3 = flat(masks.select("random", 0.2, scores=params, seed=1))
+        k = "backbone/encoderblock_0/mlp/fc1/kernel"
+        np.testing.assert_array_equal(r1[k], r2[k])
+        self.assertFalse(np.array_equal(r1[k], r3[k]))
+
+    def test_errors(self):
+        with self.assertRaisesRegex(ValueError, "unknown selector"):
+            masks.select("l2", 0.1, params={})
+        with self.assertRaisesRegex(ValueError, "fisher_scores"):
+            masks.select("fisher", 0.1, params={})
+        with self.assertRaisesRegex(ValueError, "needs params"):
+            masks.select("magnitude", 0.1)
+        with self.assertRaisesRegex(ValueError, "needs params"):
+            masks.select("random", 0.1)
+
+
+class CoverageTest(parameterized.TestCase):
+    def test_counts_and_fraction(self):
+        mask = {
+            "backbone": {"w": jnp.asarray([[1, 0], [0, 0]], bool), "bias": jnp.ones(3, bool)},
+            "head": {"kernel": jnp.ones((2, 2), bool)},
+        }
+        report = masks.coverage(mask)
+        self.assertEqual(
+            report, {"backbone/bias": (3, 3), "backbone/w": (1, 4), "head/kernel": (4, 4)}
+        )
+        self.assertAlmostEqual(masks.overall_fraction(report), 8 / 11)
+        self.assertAlmostEqual(masks.overall_fraction(report, masks.DEFAULT_EXEMPT), 1 / 4)
+        text = masks.format_coverage(report, masks.DEFAULT_EXEMPT)
+        self.assertIn("backbone/w", text)
+        self.assertIn("25.000%", text)
+
+
+class BookkeepingTest(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_three_tasks(self):
+        params = random_tree(0)
+        state = masks.init_mist_state(params)
+        for leaf in jax.tree.leaves(state.count):
+            self.assertEqual(leaf.dtype, jnp.int32)
+        update = self.variant(
+            functools.partial(masks.update_after_task, freeze_rate=0.05)
+        )
+        exp_count = {k: np.zeros(v.shape, np.int32) for k, v in flat(params).items()}
+        exp_frozen = {k: np.zeros(v.shape, bool) for k, v in flat(params).items()}
+        for task in range(3):
+            scores = random_tree(10 + task, ties=(task == 1))
+            mask = masks.select_top(scores, 0.2)
+            state = update(state, mask, scores)
+            for k, s in flat(scores).items():
+                if EXEMPT[k]:
+                    continue
+                exp_count[k] += flat(mask)[k]
+                exp_frozen[k] |= s >= np.quantile(s, 0.95)
+            got_c, got_f = flat(state.count), flat(state.frozen)
+            for k in exp_count:
+                np.testing.assert_array_equal(got_c[k], exp_count[k], err_msg=f"{task} {k}")
+                np.testing.assert_array_equal(got_f[k], exp_frozen[k], err_msg=f"{task} {k}")
+                self.assertEqual(got_c[k].dtype, np.int32)
+                self.assertEqual(got_f[k].dtype, bool)
+        # Exempt leaves are never counted or frozen.
+        self.assertEqual(int(flat(state.count)["head/kernel"].sum()), 0)
+        self.assertFalse(flat(state.frozen)["backbone/encoder_norm/scale"].any())
+        # Something was counted more than once and something frozen across tasks.
+        self.assertGreater(flat(state.count)["backbone/encoderblock_0/mlp/fc1/kernel"].max(), 1)
+
+    def test_bad_freeze_rate(self):
+        params = random_tree(0)
+        state = masks.init_mist_state(params)
+        with self.assertRaisesRegex(ValueError, "freeze_rate"):
+            masks.update_after_task(state, params, params, freeze_rate=0.0)
+
+
+if __name__ == "__main__":
+    pytest.main([__file__])

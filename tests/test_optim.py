@@ -1,0 +1,281 @@
+"""Sparse-tuning optimizer: drop statistics, masks, torch SGD rule, strict sparsity, sharding."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from absl.testing import parameterized
+
+from mist_jax import optim
+
+
+def small_tree(seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "backbone": {
+            "w": jnp.asarray(rng.normal(size=(6, 5)), jnp.float32),
+            "bias": jnp.asarray(rng.normal(size=(5,)), jnp.float32),
+        },
+        "head": {"kernel": jnp.asarray(rng.normal(size=(5, 3)), jnp.float32)},
+    }
+
+
+def live_masks(tree, mask, count, frozen, steps, drop_rate, seed):
+    """Live masks of `steps` consecutive steps, read off the standalone transform's output on
+    all-ones gradients (non-zero exactly where an element is live)."""
+    tx = optim.sparse_tuning(mask, count, frozen, drop_rate=drop_rate, seed=seed)
+    state = tx.init(tree)
+    ones = jax.tree.map(jnp.ones_like, tree)
+    update = jax.jit(tx.update)
+    out = []
+    for _ in range(steps):
+        u, state = update(ones, state)
+        out.append(jax.tree.map(lambda x: np.asarray(x) != 0, u))
+    return out
+
+
+class DropTest(chex.TestCase, parameterized.TestCase):
+    @parameterized.parameters((0.9, None), (0.5, None), (0.9, 0.3))
+    def test_observed_drop_rate_within_3_sigma(self, drop_rate, select):
+        # select None: every element is a candidate; 0.3: a fixed 30% of each leaf.
+        tree = {"a": jnp.zeros((100, 100)), "b": jnp.zeros((100, 100))}
+        mask = None
+        if select is not None:
+            rng = np.random.default_rng(0)
+            mask = {k: rng.random((100, 100)) < select for k in tree}
+        steps = 40
+        lives = live_masks(tree, mask, None, None, steps, drop_rate, seed=7)
+        cand = {k: np.ones((100, 100), bool) if mask is None else mask[k] for k in tree}
+        n = steps * sum(c.sum() for c in cand.values())
+        kept = sum(l[k].sum() for l in lives for k in tree) / n
+        p = 1 - drop_rate
+        self.assertLess(abs(kept - p), 3 * np.sqrt(p * (1 - p) / n))
+        for l in lives:  # never outside the candidates
+            for k in tree:
+                self.assertFalse(np.any(l[k] & ~cand[k]))
+        # Fresh per step and per leaf: the overlap of two draws is p^2, not p.
+        m = cand["a"] & cand["b"]
+        both_steps = np.mean(lives[0]["a"][m] & lives[1]["a"][m])
+        both_leaves = np.mean(lives[0]["a"][m] & lives[0]["b"][m])
+        for x in (both_steps, both_leaves):
+            self.assertLess(abs(x - p * p), 4 * np.sqrt(p * p * (1 - p * p) / m.sum()))
+
+    @parameterized.parameters(0.1, 0.5, 0.97)
+    def test_keep_mask_statistics(self, p):
+        n_keys, n = 50, 4096
+        draws = np.stack([
+            np.asarray(optim.keep_mask(jax.random.PRNGKey(k), (n,), p)) for k in range(n_keys)
+        ])
+        total = draws.size
+        self.assertLess(abs(draws.mean() - p), 3 * np.sqrt(p * (1 - p) / total))
+        # Neighbouring elements and neighbouring keys are independent: P(both) = p^2.
+        for both in (draws[:, 1:] & draws[:, :-1], draws[1:] & draws[:-1]):
+            self.assertLess(abs(both.mean() - p * p), 4 * np.sqrt(p * p * (1 - p * p) / both.size))
+        # Counts in blocks of 64 have the binomial variance 64 p (1 - p) (no clumping).
+        blocks = draws.reshape(-1, 64).sum(1)
+        self.assertLess(abs(blocks.var() / (64 * p * (1 - p)) - 1), 0.15)
+
+    def test_keep_mask_uses_row_major_flat_index(self):
+        key = jax.random.PRNGKey(3)
+        np.testing.assert_array_equal(
+            optim.keep_mask(key, (6, 7, 5), 0.3), optim.keep_mask(key, (210,), 0.3).reshape(6, 7, 5)
+        )
+        self.assertTrue(np.all(optim.keep_mask(key, (9,), 1.0)))
+        self.assertFalse(np.any(optim.keep_mask(key, (9,), 0.0)))
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_mask_overlap_decay_and_frozen(self):
+        tree = small_tree()
+        rng = np.random.default_rng(1)
+        mask = {"backbone": {"w": rng.random((6, 5)) < 0.5, "bias": None}, "head": None}
+        count = {"backbone": {"w": rng.integers(0, 4, (6, 5)).astype(np.int32), "bias": None}, "head": None}
+        frozen = {"backbone": {"w": rng.random((6, 5)) < 0.2, "bias": np.array([1, 0, 0, 0, 1], bool)}, "head": None}
+        tx = optim.sparse_tuning(mask, count, frozen, drop_rate=0.0)
+        grads = small_tree(2)
+        out, _ = self.variant(tx.update)(grads, tx.init(tree))
+        g = np.asarray(grads["backbone"]["w"])
+        w = mask["backbone"]["w"] & ~frozen["backbone"]["w"]
+        np.testing.assert_allclose(out["backbone"]["w"], np.where(w, g * 0.9 ** count["backbone"]["w"], 0), rtol=1e-6)
+        self.assertTrue(np.all(np.asarray(out["backbone"]["w"])[frozen["backbone"]["w"]] == 0))
+        gb = np.asarray(grads["backbone"]["bias"])
+        np.testing.assert_array_equal(out["backbone"]["bias"], np.where(frozen["backbone"]["bias"], 0, gb))
+        np.testing.assert_array_equal(out["head"]["kernel"], grads["head"]["kernel"])
+
+    def test_bfloat16_gradients_keep_dtype(self):
+        tree = {"w": jnp.zeros((4, 4), jnp.bfloat16)}
+        tx = optim.sparse_tuning(None, 2 * jnp.ones((4, 4), jnp.int32), None, drop_rate=0.0)
+        out, _ = tx.update({"w": jnp.ones((4, 4), jnp.bfloat16)}, tx.init(tree))
+        self.assertEqual(out["w"].dtype, jnp.bfloat16)
+        np.testing.assert_allclose(np.asarray(out["w"], np.float32), 0.81, rtol=1e-2)
+
+    @parameterized.parameters(-0.1, 1.1)
+    def test_bad_rates(self, rate):
+        with self.assertRaisesRegex(ValueError, "drop_rate"):
+            optim.sparse_tuning(None, None, None, drop_rate=rate)
+        with self.assertRaisesRegex(ValueError, "overlap_decay"):
+            optim.mist_optimizer(overlap_decay=rate)
+
+
+# --------------------------------------------------------------------------- SGD rule
+def torch_sgd_reference(params, targets, lives, scales, steps, lr, head_lr, mu=0.9, wd=5e-4):
+    """Hand-written torch.optim.SGD rule on loss 0.5 * ||p - target||^2 (so grad = p - target),
+    after MIST's gradient masking: d_p = grad * live * scale; d_p += wd * p;
+    buf = d_p at the first step else mu * buf + d_p; p -= lr * buf."""
+    p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+    buf = {}
+    for t in range(steps):
+        for k in p:
+            g = p[k] - targets[k]
+            d_p = g * lives[t][k] * scales[k] + wd * p[k]
+            buf[k] = d_p if t == 0 else mu * buf[k] + d_p
+            p[k] = p[k] - (head_lr if k.startswith("head/") else lr) * buf[k]
+    return p
+
+
+def flat(tree):
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {jax.tree_util.keystr(k, simple=True, separator="/"): np.asarray(v) for k, v in leaves}
+
+
+def run_steps(tx, params, targets, steps):
+    def loss(p):
+        return sum(0.5 * jnp.sum((a - b) ** 2) for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(targets)))
+
+    @jax.jit
+    def step(p, s):
+        u, s = tx.update(jax.grad(loss)(p), s, p)
+        return optax.apply_updates(p, u), s
+
+    state = tx.init(params)
+    history = [params]
+    for _ in range(steps):
+        params, state = step(params, state)
+        history.append(params)
+    return history
+
+
+class SgdRuleTest(parameterized.TestCase):
+    @parameterized.parameters((0.0, 1e-4, 1e-2, 0.4), (0.6, 0.05, 0.2, 0.3), (0.6, 0.05, 0.2, 0.9))
+    def test_reference_mode_matches_torch_sgd(self, drop_rate, lr, head_lr, select):
+        params, targets = small_tree(0), small_tree(1)
+        rng = np.random.default_rng(3)
+        mask = {"backbone": {"w": rng.random((6, 5)) < select, "bias": None}, "head": None}
+        count = {"backbone": {"w": rng.integers(0, 3, (6, 5)).astype(np.int32), "bias": None}, "head": None}
+        frozen = {"backbone": {"w": rng.random((6, 5)) < 0.1, "bias": None}, "head": None}
+        steps = 5
+        tx = optim.mist_optimizer(
+            mask, count, frozen, drop_rate=drop_rate, seed=11, learning_rate=lr, head_learning_rate=head_lr
+        )
+        history = run_steps(tx, params, targets, steps)
+        lives = [flat(l) for l in live_masks(params, mask, count, frozen, steps, drop_rate, seed=11)]
+        scales = {
+            "backbone/w": np.where(mask["backbone"]["w"] & ~frozen["backbone"]["w"], 0.9 ** count["backbone"]["w"], 0.0),
+            "backbone/bias": 1.0,
+            "head/kernel": 1.0,
+        }
+        expected = torch_sgd_reference(flat(params), flat(targets), lives, scales, steps, lr, head_lr)
+        got = flat(history[-1])
+        for k in expected:
+            np.testing.assert_allclose(got[k], expected[k], rtol=1e-5, atol=1e-7, err_msg=k)
+        # Reference mode: weight decay and momentum move elements that are not live.
+        moved = flat(history[-1])["backbone/w"] != flat(history[-2])["backbone/w"]
+        self.assertTrue(np.any(moved & ~lives[-1]["backbone/w"]))
+
+    @parameterized.parameters(0.2, 0.8)
+    def test_strict_mode_changes_only_live_elements(self, select):
+        params, targets = small_tree(0), small_tree(1)
+        mask = {"backbone": {"w": np.random.default_rng(5).random((6, 5)) < select, "bias": None}, "head": None}
+        steps = 4
+        tx = optim.mist_optimizer(mask, None, None, sparsity="strict", drop_rate=0.5, seed=2, learning_rate=0.1)
+        history = [flat(h) for h in run_steps(tx, params, targets, steps)]
+        lives = [flat(l) for l in live_masks(params, mask, None, None, steps, 0.5, seed=2)]
+        for t in range(steps):
+            for k in lives[t]:
+                delta = history[t + 1][k] - history[t][k]
+                np.testing.assert_array_equal(delta[~lives[t][k]], 0.0, err_msg=f"step {t} {k}")
+                self.assertTrue(np.all(delta[lives[t][k]] != 0.0), f"step {t} {k}")
+        frac = optim.updated_fraction(
+            jax.tree.unflatten(jax.tree.structure(params), [history[-2][k] for k in sorted(history[-2])]),
+            jax.tree.unflatten(jax.tree.structure(params), [history[-1][k] for k in sorted(history[-1])]),
+        )
+        n_live = sum(l.sum() for l in lives[-1].values())
+        self.assertAlmostEqual(float(frac), n_live / (30 + 5 + 15), places=6)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_strict_update_same_with_and_without_jit(self):
+        params = small_tree(0)
+        tx = optim.mist_optimizer(None, None, None, sparsity="strict", seed=4)
+        u, state = self.variant(tx.update)(small_tree(1), tx.init(params), params)
+        ref, _ = jax.jit(tx.update)(small_tree(1), tx.init(params), params)
+        chex.assert_trees_all_close(u, ref, rtol=1e-6)
+        self.assertEqual(int(state.sparse.step), 1)
+
+    def test_all_backbone_params_with_first_arguments_only(self):
+        params = {"w": jnp.ones((3, 2))}
+        mask = {"w": jnp.asarray([[1, 0], [1, 1], [0, 0]], bool)}
+        tx = optim.mist_optimizer(mask, None, None, drop_rate=0.0)
+        u, _ = jax.jit(tx.update)({"w": 2 * jnp.ones((3, 2))}, tx.init(params), params)
+        # lr 1e-4 everywhere: -(1e-4) * (2 * mask + 5e-4 * 1).
+        np.testing.assert_allclose(u["w"], -1e-4 * (2.0 * np.asarray(mask["w"]) + 5e-4), rtol=1e-6)
+
+    def test_bad_sparsity(self):
+        with self.assertRaisesRegex(ValueError, "sparsity"):
+            optim.mist_optimizer(sparsity="exact")
+
+
+class UpdatedFractionTest(parameterized.TestCase):
+    def test_hand_computed(self):
+        before = {"w": jnp.zeros((2, 2)), "bias": jnp.zeros(4), "head": {"k": jnp.zeros(3)}}
+        after = {"w": jnp.asarray([[0, 1e-7], [0, 0]]), "bias": jnp.ones(4), "head": {"k": jnp.ones(3)}}
+        self.assertAlmostEqual(float(optim.updated_fraction(before, after)), 8 / 11)
+        frac = optim.updated_fraction(before, after, exempt=(r"(^|/)bias$", r"(^|/)head/"))
+        self.assertEqual(frac.dtype, jnp.float32)
+        self.assertAlmostEqual(float(frac), 1 / 4)
+
+
+# --------------------------------------------------------------------------- device count
+_SHARDED = textwrap.dedent(
+    """
+    import os, sys
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from mist_jax import optim
+    assert jax.device_count() == 2, jax.devices()
+    params = {"a": jnp.zeros((64, 32)), "b": jnp.zeros((16,))}
+    mesh = Mesh(np.array(jax.devices()), ("x",))
+    shard = {"a": NamedSharding(mesh, P("x", None)), "b": NamedSharding(mesh, P("x"))}
+    params = jax.device_put(params, shard)
+    mask = {"a": np.random.default_rng(0).random((64, 32)) < 0.2, "b": None}
+    tx = optim.sparse_tuning(mask, None, None, drop_rate=0.5, seed=5)
+    state = tx.init(params)
+    ones = jax.tree.map(jnp.ones_like, params)
+    update = jax.jit(tx.update)
+    for _ in range(3):
+        u, state = update(ones, state)
+    assert len(u["a"].sharding.device_set) == 2
+    np.savez(sys.argv[1], a=np.asarray(u["a"]), b=np.asarray(u["b"]))
+    """
+)
+
+
+def test_same_bits_on_two_devices(tmp_path):
+    out = tmp_path / "two.npz"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    subprocess.run([sys.executable, "-c", _SHARDED, str(out)], check=True, env=env, timeout=120)
+    params = {"a": jnp.zeros((64, 32)), "b": jnp.zeros((16,))}
+    mask = {"a": np.random.default_rng(0).random((64, 32)) < 0.2, "b": None}
+    lives = live_masks(params, mask, None, None, 3, 0.5, seed=5)
+    two = np.load(out)
+    np.testing.assert_array_equal(two["a"] != 0, lives[-1]["a"])
+    np.testing.assert_array_equal(two["b"] != 0, lives[-1]["b"])
+
+
+if __name__ == "__main__":
+    pytest.main([__file__])
