@@ -171,3 +171,19 @@ class DriftTest(chex.TestCase):
         got = np.asarray(self.variant(compensate_drift)(np.array([[100.0, 0.0]]), before, after))
         # All Gaussian weights underflow in the original; the nearest sample (10, 0) dominates.
         np.testing.assert_allclose(got, [[100.0, 2.0]], atol=1e-5)
+
+
+def test_finetune_predicts_with_the_installed_classifier_over_seen_classes():
+    from mist_jax.learners import get_learner
+
+    rng = np.random.RandomState(0)
+    learner = get_learner("finetune", num_classes=6)
+    state = learner.init(jax.random.key(0), 4)
+    head = {"kernel": rng.randn(4, 6).astype(np.float32), "bias": rng.randn(6).astype(np.float32)}
+    state = learner.with_classifier(state, head)
+    feats = rng.randn(5, 4).astype(np.float32)
+    state = learner.fit_task(state, feats, np.array([0, 1, 2, 0, 1]), (0, 3))
+    want = feats @ head["kernel"][:, :3] + head["bias"][:3]  # direct numpy affine map
+    np.testing.assert_allclose(learner.logits(state, feats), want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="kernel"):
+        learner.with_classifier(state, {"kernel": np.zeros((4, 5)), "bias": np.zeros(5)})

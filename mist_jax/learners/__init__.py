@@ -1,15 +1,17 @@
-"""Freeze-based learners on frozen-backbone features (MIST Sec. 3): SimpleCIL, RanPAC, SDC."""
+"""Learners on backbone features (MIST Sec. 3): SimpleCIL, RanPAC (freeze-based), SDC, and the
+full fine-tuning reference."""
 
 from mist_jax.learners.base import Learner, check_task
 from mist_jax.learners.drift import compensate_drift
+from mist_jax.learners.finetune import FineTune, FineTuneState
 from mist_jax.learners.ranpac import RanPAC, RanPACState
 from mist_jax.learners.simplecil import SimpleCIL, SimpleCILState
 
-LEARNERS = {"simplecil": SimpleCIL, "ranpac": RanPAC}
+LEARNERS = {"simplecil": SimpleCIL, "ranpac": RanPAC, "finetune": FineTune}
 
 
 def get_learner(name: str, **kwargs) -> Learner:
-    """The learner `name` ("simplecil", "ranpac") built with hyper-parameters `kwargs`.
+    """The learner `name` ("simplecil", "ranpac", "finetune") built with hyper-parameters `kwargs`.
 
     Example: ``get_learner("ranpac", num_projections=2000)``.
 
@@ -24,5 +26,5 @@ def get_learner(name: str, **kwargs) -> Learner:
         raise ValueError(f"Bad hyper-parameters for learner {name!r}: {e}") from e
 
 
-__all__ = ["LEARNERS", "Learner", "RanPAC", "RanPACState", "SimpleCIL", "SimpleCILState",
+__all__ = ["LEARNERS", "FineTune", "FineTuneState", "Learner", "RanPAC", "RanPACState", "SimpleCIL", "SimpleCILState",
            "check_task", "compensate_drift", "get_learner"]
