@@ -136,9 +136,10 @@ def expand_prefix(prefix: PyTree | None, params: PyTree, default) -> PyTree:
 def quantile_threshold(x: jax.Array, q: float) -> jax.Array:
     """Linear-interpolation quantile of all elements of `x`, exactly as numpy/torch define it.
 
-    The index arithmetic is done in float64 on the host (q and the size are static) with
-    numpy's formula (n - 1) * q; the interpolation uses numpy's two-sided lerp in float32, so ties give exactly the
-    tied value (a naive `a*(1-g) + b*g` can round above it and drop tied elements).
+    The index arithmetic is done in float64 on the host (q and the size are static) with numpy's
+    formula (n - 1) * q; the interpolation uses numpy's two-sided lerp in float32, so ties give
+    exactly the tied value (jnp.quantile's `a*(1-g) + b*g` can round above it and drop tied
+    elements).
 
     Args:
       x: array of any shape (float); reduced over all elements in float32.
@@ -156,9 +157,9 @@ def quantile_threshold(x: jax.Array, q: float) -> jax.Array:
     g = virtual - math.floor(virtual) if 0 <= virtual < n - 1 else 0.0
     s = jnp.sort(jnp.ravel(x).astype(jnp.float32))
     a, b = s[lo], s[hi]
-    g = jnp.float32(g)
-    diff = b - a
-    return jnp.where(g >= 0.5, b - diff * (1 - g), a + diff * g)
+    if g >= 0.5:
+        return b - (b - a) * np.float32(1.0 - g)
+    return a + (b - a) * np.float32(g)
 
 
 def _check_rate(name: str, rate: float) -> None:
@@ -269,7 +270,9 @@ def coverage(mask: PyTree) -> dict[str, tuple[int, int]]:
     return {path_str(p): (int(jnp.sum(m)), int(np.prod(jnp.shape(m)))) for p, m in flat}
 
 
-def overall_fraction(report: dict[str, tuple[int, int]], exclude: Sequence[str] | None = None) -> float:
+def overall_fraction(
+    report: dict[str, tuple[int, int]], exclude: Sequence[str] | None = None
+) -> float:
     """Selected / total over all tensors of a `coverage` report, skipping paths matching `exclude`.
 
     E.g. `overall_fraction(coverage(mask), DEFAULT_EXEMPT)` is the budget actually spent on
@@ -281,8 +284,10 @@ def overall_fraction(report: dict[str, tuple[int, int]], exclude: Sequence[str] 
     return sum(s for s, _ in kept) / total if total else 0.0
 
 
-def format_coverage(report: dict[str, tuple[int, int]], exclude: Sequence[str] | None = None) -> str:
-    """Human-readable table of a `coverage` report plus the overall fraction (over non-`exclude`)."""
+def format_coverage(
+    report: dict[str, tuple[int, int]], exclude: Sequence[str] | None = None
+) -> str:
+    """Human-readable table of a `coverage` report and the overall fraction over non-`exclude`."""
     width = max((len(k) for k in report), default=4)
     lines = [f"{'tensor':<{width}}  {'selected':>12}  {'total':>12}  {'%':>7}"]
     for k, (s, t) in report.items():

@@ -160,4 +160,6 @@ def get_objective(name: str) -> Objective:
     try:
         return OBJECTIVES[name]
     except KeyError:
-        raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}.") from None
+        raise ValueError(
+            f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}."
+        ) from None

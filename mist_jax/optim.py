@@ -6,10 +6,12 @@ zeroed; then `optim.SGD(momentum=0.9, weight_decay=5e-4)` with lr 1e-4 for the b
 for the projection head).
 
 Design:
-- `sparse_tuning` keeps the step count, a PRNG key and one float32 factor per leaf,
-  overlap_decay ** count where selected and not frozen, else 0, in its state (arrays built once
-  in `init`, a scalar where uncovered), so masks are never baked into the compiled step as
-  constants.
+- `sparse_tuning` keeps the step count, a PRNG key and one uint8 code per element in its state
+  (arrays built once in `init`, a scalar where uncovered), so masks are never baked into the
+  compiled step as constants: code = 0 where not selected or frozen, else 1 + count (count
+  clipped to 254, where 0.9 ** 254 = 2e-12). The factor overlap_decay ** (code - 1) is
+  looked up in the fused update; 1 byte per element instead of a float32 factor keeps the
+  extra memory traffic small.
 - Cheap, fused Bernoulli draws. Leaf i at step t takes two threefry words from
   fold_in(fold_in(key, t), i); element j of the leaf is kept iff
   h(j) < round((1 - drop_rate) * 2**32), where h is a keyed counter-based hash of the flat
@@ -30,12 +32,14 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from mist_jax import masks as masks_lib
 
 PyTree = Any
 SPARSITY_MODES = ("reference", "strict")
+_MAX_COUNT = 254  # counts are stored as uint8 codes 1 + count
 
 
 class SparseTuningState(NamedTuple):
@@ -44,13 +48,13 @@ class SparseTuningState(NamedTuple):
     Attributes:
       step: int32 scalar, number of updates done.
       key: uint32[2] raw PRNG key from the seed.
-      scale: float32 pytree shaped like params (leaves broadcastable to the parameter; a scalar
-        1.0 where uncovered): overlap_decay ** count where selected and not frozen, else 0.
+      code: uint8 pytree shaped like params (leaves broadcastable to the parameter; a scalar 1
+        where uncovered): 0 where not selected or frozen, else 1 + min(count, 254).
     """
 
     step: jax.Array
     key: jax.Array
-    scale: PyTree
+    code: PyTree
 
 
 class StrictState(NamedTuple):
@@ -107,26 +111,33 @@ class _Sparse(NamedTuple):
         count = masks_lib.expand_prefix(self.count, params, 0)
         frozen = masks_lib.expand_prefix(self.frozen, params, False)
 
-        def scale(m, c, f):
-            decay = jnp.power(jnp.float32(self.overlap_decay), c.astype(jnp.float32))
-            return jnp.where(m.astype(bool) & ~f.astype(bool), decay, 0.0).astype(jnp.float32)
+        def code(m, c, f):
+            candidate = m.astype(bool) & ~f.astype(bool)
+            return jnp.where(candidate, jnp.clip(c, 0, _MAX_COUNT) + 1, 0).astype(jnp.uint8)
 
         return SparseTuningState(
             step=jnp.zeros([], jnp.int32),
             key=jax.random.PRNGKey(self.seed),
-            scale=jax.tree.map(scale, mask, count, frozen),
+            code=jax.tree.map(code, mask, count, frozen),
         )
+
+    def factor(self, code: jax.Array) -> jax.Array:
+        """overlap_decay ** (code - 1) (0 for code 0), float32, from a 256-entry table: exactly
+        rounded, and a gather fused into the update is cheaper on CPU than exp or pow."""
+        table = np.concatenate([[0.0], self.overlap_decay ** np.arange(_MAX_COUNT + 1.0)])
+        return jnp.asarray(table, jnp.float32)[code]
 
     def step(self, state: SparseTuningState, updates: PyTree) -> tuple[PyTree, PyTree]:
         """(masked gradients, live mask): live = selected, not frozen, kept by this step's draw."""
         leaves, treedef = jax.tree.flatten(updates)
-        scales = treedef.flatten_up_to(state.scale)
+        codes = treedef.flatten_up_to(state.code)
         step_key = jax.random.fold_in(state.key, state.step)
         grads, live = [], []
-        for i, (g, s) in enumerate(zip(leaves, scales)):
+        for i, (g, c) in enumerate(zip(leaves, codes)):
             keep = keep_mask(jax.random.fold_in(step_key, i), g.shape, 1.0 - self.drop_rate)
-            keep = keep & (s != 0)
-            grads.append(jnp.where(keep, g.astype(jnp.float32) * s, 0.0).astype(g.dtype))
+            keep = keep & (c != 0)
+            scaled = g.astype(jnp.float32) * self.factor(c)
+            grads.append(jnp.where(keep, scaled, 0.0).astype(g.dtype))
             live.append(keep)
         return jax.tree.unflatten(treedef, grads), jax.tree.unflatten(treedef, live)
 
@@ -201,7 +212,7 @@ def _strict(cfg: _Sparse, inner: optax.GradientTransformation) -> optax.Gradient
 
 
 def group_labels(head_pattern: str = r"(^|/)head/"):
-    """Returns params -> label pytree: "head" where re.search(head_pattern, path), else "backbone"."""
+    """params -> label pytree: "head" where re.search(head_pattern, path), else "backbone"."""
     pattern = re.compile(head_pattern)
 
     def labels(params):

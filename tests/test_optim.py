@@ -108,6 +108,15 @@ class DropTest(chex.TestCase, parameterized.TestCase):
         np.testing.assert_array_equal(out["backbone"]["bias"], np.where(frozen["backbone"]["bias"], 0, gb))
         np.testing.assert_array_equal(out["head"]["kernel"], grads["head"]["kernel"])
 
+    @parameterized.parameters(0.9, 0.5, 0.0, 1.0)
+    def test_overlap_factor_and_count_clipping(self, decay):
+        tree = {"w": jnp.zeros(5)}
+        count = {"w": np.array([0, 1, 3, 254, 300], np.int32)}  # counts above 254 clip to 254
+        tx = optim.sparse_tuning(None, count, None, drop_rate=0.0, overlap_decay=decay)
+        out, _ = tx.update({"w": jnp.full(5, 2.0)}, tx.init(tree))
+        expected = 2.0 * np.float64(decay) ** np.minimum(count["w"], 254)
+        np.testing.assert_allclose(out["w"], expected, rtol=2e-6, atol=1e-30)
+
     def test_bfloat16_gradients_keep_dtype(self):
         tree = {"w": jnp.zeros((4, 4), jnp.bfloat16)}
         tx = optim.sparse_tuning(None, 2 * jnp.ones((4, 4), jnp.int32), None, drop_rate=0.0)
