@@ -39,6 +39,7 @@ def paper_config(dataset: str, learner: str, arg: str = ""):
         c.model.preprocess = preprocess
         c.mist.epochs = 20
         c.mist.batch_size = 56
+        c.mist.learning_rate = 1e-4  # the authors' value (the embedded default uses 1e-5)
         c.learner.name = learner
         if arg == "runlocal":  # a few images per class, 2 MI epochs: checks the plumbing
             c.data.train_per_class = 4

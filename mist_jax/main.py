@@ -24,11 +24,12 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def run_all(config, workdir: str | Path) -> dict[str, dict]:
     """Run the experiment (and its baseline) and return ``{run name: results}``."""
-    from mist_jax import outputs, train
+    from mist_jax import outputs, sharding, train
 
     workdir = Path(workdir)
-    runs = [("mist" if config.mist.enabled else "baseline", config)]
-    if config.compare_baseline and config.mist.enabled:
+    finetune = config.learner.name == "finetune"
+    runs = [("finetune" if finetune else "mist" if config.mist.enabled else "baseline", config)]
+    if config.compare_baseline and config.mist.enabled and not finetune:
         base = config.copy_and_resolve_references()
         with base.unlocked():
             base.mist.enabled = False
@@ -37,11 +38,13 @@ def run_all(config, workdir: str | Path) -> dict[str, dict]:
     for name, cfg in runs:
         logging.info("Run %r into %s", name, workdir / name)
         results[name] = train.Run(cfg, workdir / name).run()
+    if not sharding.is_writer():  # only process 0 writes (multi-host runs)
+        return results
     if len(results) > 1:
         outputs.plot_accuracy_curves({n: r["top1_curve"] for n, r in results.items()},
                                      workdir / "accuracy_curve.png")
     table = outputs.summary_table(results)
-    (workdir / "summary.txt").write_text(table + "\n")
+    outputs.write_text(workdir / "summary.txt", table + "\n")
     print(table)
     return results
 
@@ -58,6 +61,9 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_QuietLibraries())
+    from mist_jax import sharding
+
+    sharding.initialize_distributed()  # no-op unless the environment asks for multi-host
     run_all(_CONFIG.value, _WORKDIR.value)
 
 

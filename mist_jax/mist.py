@@ -2,7 +2,10 @@
 
 score (epoch 1, no update) -> select -> sparse-tune with the MI loss (epochs 2..E) -> bookkeeping.
 The learner-independent piece the runner calls before each learner's fit; the original code
-copies this loop into every learner, here it is written once.
+copies this loop into every learner, here it is written once. With a ``MeshContext``
+(mist_jax/sharding.py) both passes are ``jax.jit``-ed with explicit in/out shardings: batches
+split over the devices, params / scores / masks / optimizer state replicated or FSDP-sharded,
+params and optimizer state donated; nothing leaves the device between steps.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mist_jax import augment, masks, objectives, optim, sensitivity
+from mist_jax import augment, masks, objectives, optim, sensitivity, sharding
 
 PyTree = Any
 
@@ -51,7 +54,9 @@ def init_head(key: jax.Array, feature_dim: int, out_dim: int) -> PyTree:
     return nn.Dense(out_dim).init(key, jnp.zeros((1, feature_dim)))["params"]
 
 
-def _train_step_fn(loss_fn: Callable, tx: optax.GradientTransformation) -> Callable:
+def _train_step(loss_fn: Callable, tx: optax.GradientTransformation) -> Callable:
+    """(params, opt_state, batch) -> (params, opt_state, loss, updated fraction), unjitted."""
+
     def step(params, opt_state, batch):
         loss, grads = jax.value_and_grad(loss_fn)(params, batch)
         updates, opt_state = tx.update(grads, opt_state, params)
@@ -59,7 +64,7 @@ def _train_step_fn(loss_fn: Callable, tx: optax.GradientTransformation) -> Calla
         changed = optim.updated_fraction(params["backbone"], new["backbone"])
         return new, opt_state, loss, changed
 
-    return jax.jit(step, donate_argnums=(0, 1))
+    return step
 
 
 def _optimizer(cfg: Any, seed: int, mask=None, count=None, frozen=None):
@@ -80,11 +85,27 @@ class Adapter:
       loss_fn: from ``make_loss_fn``.
       cfg: ``config.mist`` (selector, select_rate, drop_rate, overlap_decay, freeze_rate,
         sparsity, epochs, learning rates, momentum, weight_decay, log_every).
+      mesh: the ``sharding.MeshContext`` to run on (default: all devices, data parallel).
+        ``adapt``'s batches must be laid out on it (``MeshContext.put_batch``).
     """
 
-    def __init__(self, loss_fn: Callable, cfg: Any):
+    def __init__(self, loss_fn: Callable, cfg: Any, mesh: sharding.MeshContext | None = None):
         self.loss_fn, self.cfg = loss_fn, cfg
-        self._step = _train_step_fn(loss_fn, _optimizer(cfg, 0))
+        self.mesh = mesh or sharding.MeshContext(sharding.make_mesh())
+        self._step = _train_step(loss_fn, _optimizer(cfg, 0))
+        self._compiled: dict = {}
+
+    def _step_fn(self, params: PyTree, opt_state: PyTree) -> Callable:
+        """The jitted step for this layout (one compile per distinct optimizer-state shape)."""
+        p_sh, o_sh = self.mesh.shardings(params), self.mesh.shardings(opt_state)
+        leaves, treedef = jax.tree.flatten((p_sh, o_sh))
+        key = (treedef, tuple(leaves), tuple(np.shape(x) for x in jax.tree.leaves(opt_state)))
+        if key not in self._compiled:
+            rep = self.mesh.replicated
+            self._compiled = {key: jax.jit(self._step, in_shardings=(p_sh, o_sh, None),
+                                           out_shardings=(p_sh, o_sh, rep, rep),
+                                           donate_argnums=(0, 1))}
+        return self._compiled[key]
 
     def adapt(self, params: PyTree, state: masks.MistState,
               epoch_batches: Callable[[int], Iterable], seed: int,
@@ -107,15 +128,18 @@ class Adapter:
         Raises:
           ValueError: a NaN/inf loss (names the epoch and step and the likely fix).
         """
-        cfg, loss_fn = self.cfg, self.loss_fn
+        cfg, loss_fn, mesh = self.cfg, self.loss_fn, self.mesh
         t0 = time.perf_counter()
+        params = mesh.place(params)
+        state = masks.MistState(*mesh.place(tuple(state)))
         score_fn = sensitivity.gradient_scores if cfg.selector == "gradient" else sensitivity.fisher_scores
-        scores = score_fn(loss_fn, params, epoch_batches(0), frozen=state.frozen)
+        scores = score_fn(loss_fn, params, epoch_batches(0), frozen=state.frozen,
+                          shardings=mesh.shardings(params))
         mask = masks.select(cfg.selector, cfg.select_rate, params=params, scores=scores, seed=seed)
         tx = _optimizer(cfg, seed, mask, state.count, state.frozen)
-        step_fn = self._step  # same update rule; this task's masks come from tx.init below
-        params = jax.tree_util.tree_map(jnp.array, params)  # a private copy: the step donates it
-        opt_state = tx.init(params)
+        params = mesh.place(jax.tree.map(jnp.array, params))  # a private copy: the step donates it
+        opt_state = mesh.place(tx.init(params))
+        step_fn = self._step_fn(params, opt_state)  # same update rule; this task's masks are in opt_state
         losses, changed, images, steps = [], [], 0, 0
         for epoch in range(1, cfg.epochs):
             epoch_losses = []
@@ -145,5 +169,7 @@ class Adapter:
             "images": images,
             "seconds": time.perf_counter() - t0,
         }
-        state = masks.update_after_task(state, mask, scores, cfg.freeze_rate)
+        if cfg.freeze_rate > 0:  # 0: no bookkeeping (dense fine-tuning reference)
+            state = masks.MistState(*mesh.place(tuple(
+                masks.update_after_task(state, mask, scores, cfg.freeze_rate))))
         return params, state, log

@@ -21,14 +21,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 from mist_jax import metrics  # noqa: E402
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    """Atomically write ``obj`` as indented JSON (temp file in the same folder + rename)."""
+def write_text(path: str | Path, text: str) -> None:
+    """Atomically write ``text`` (temp file in the same folder + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1, default=float)
+        f.write(text)
     os.replace(tmp, path)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Atomically write ``obj`` as indented JSON."""
+    write_text(path, json.dumps(obj, indent=1, default=float))
 
 
 class EventLog:

@@ -33,35 +33,57 @@ def _batch_scores(loss_fn: LossFn, power: int, params: PyTree, batch: Any, froze
     return jax.tree.map(lambda s, f: jnp.where(f, 0.0, s), scores, frozen)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _first_step(loss_fn: LossFn, power: int, params: PyTree, batch: Any, frozen) -> PyTree:
-    return _batch_scores(loss_fn, power, params, batch, frozen)
+@functools.lru_cache(maxsize=16)
+def _compiled_steps(loss_fn: LossFn, power: int, layout: tuple | None) -> tuple[Callable, Callable]:
+    """(first, accumulate): jitted `first(params, batch, frozen) -> scores` and
+    `accumulate(acc, params, batch, frozen) -> acc + scores` (acc donated).
+
+    ``layout = (treedef, sharding leaves)`` fixes the sum's and the params' shardings (in/out);
+    None leaves them to the compiler.
+    """
+
+    def first(params, batch, frozen):
+        return _batch_scores(loss_fn, power, params, batch, frozen)
+
+    def accumulate(acc, params, batch, frozen):
+        return jax.tree.map(jnp.add, acc, _batch_scores(loss_fn, power, params, batch, frozen))
+
+    if layout is None:
+        return jax.jit(first), jax.jit(accumulate, donate_argnums=(0,))
+    sh = jax.tree.unflatten(layout[0], layout[1])
+    return (
+        jax.jit(first, in_shardings=(sh, None, None), out_shardings=sh),
+        jax.jit(accumulate, in_shardings=(sh, sh, None, None), out_shardings=sh,
+                donate_argnums=(0,)),
+    )
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(2,))
-def _accumulate_step(loss_fn: LossFn, power: int, acc: PyTree, params: PyTree, batch: Any, frozen):
-    return jax.tree.map(jnp.add, acc, _batch_scores(loss_fn, power, params, batch, frozen))
-
-
-def _accumulate(loss_fn: LossFn, power: int, params: PyTree, batches: Iterable, frozen) -> PyTree:
+def _accumulate(loss_fn: LossFn, power: int, params: PyTree, batches: Iterable, frozen,
+                shardings: PyTree | None = None) -> PyTree:
     if frozen is not None and jax.tree.structure(frozen) != jax.tree.structure(params):
         raise ValueError(
             "frozen must be None or a bool pytree with the same structure as params "
             "(e.g. MistState.frozen from mist_jax.masks.init_mist_state(params))."
         )
+    layout = None
+    if shardings is not None:
+        leaves, treedef = jax.tree.flatten(shardings)
+        layout = (treedef, tuple(leaves))
+    first, accumulate = _compiled_steps(loss_fn, power, layout)
     acc = None
     for batch in batches:
         if acc is None:
-            acc = _first_step(loss_fn, power, params, batch, frozen)
+            acc = first(params, batch, frozen)
         else:
-            acc = _accumulate_step(loss_fn, power, acc, params, batch, frozen)
+            acc = accumulate(acc, params, batch, frozen)
     if acc is None:
         raise ValueError("batches is empty: pass an iterable with at least one batch of the task.")
     return acc
 
 
 def fisher_scores(
-    loss_fn: LossFn, params: PyTree, batches: Iterable, frozen: PyTree | None = None
+    loss_fn: LossFn, params: PyTree, batches: Iterable, frozen: PyTree | None = None,
+    shardings: PyTree | None = None,
 ) -> PyTree:
     """MI-Fisher sensitivity: sum over batches of the squared batch gradient (MIST Sec. 2.2).
 
@@ -71,6 +93,8 @@ def fisher_scores(
       params: parameter pytree (any float dtype).
       batches: iterable of batches (pytrees of arrays); each is passed to `loss_fn` unchanged.
       frozen: None or bool pytree shaped like params; frozen elements score exactly 0.
+      shardings: None, or a NamedSharding per leaf of params (``MeshContext.shardings``):
+        params must already be laid out so, and the scores come back laid out so.
 
     Returns:
       float32 pytree shaped like params: sum_b (dL_b/dtheta)^2.
@@ -78,11 +102,12 @@ def fisher_scores(
     Raises:
       ValueError: `batches` is empty or `frozen` does not match params.
     """
-    return _accumulate(loss_fn, 2, params, batches, frozen)
+    return _accumulate(loss_fn, 2, params, batches, frozen, shardings)
 
 
 def gradient_scores(
-    loss_fn: LossFn, params: PyTree, batches: Iterable, frozen: PyTree | None = None
+    loss_fn: LossFn, params: PyTree, batches: Iterable, frozen: PyTree | None = None,
+    shardings: PyTree | None = None,
 ) -> PyTree:
     """Gradient-magnitude ablation score: sum over batches of |batch gradient| (MIST Sec. 3).
 
@@ -90,7 +115,7 @@ def gradient_scores(
     gradient), the first-order analogue of `fisher_scores`, so opposite-signed batches do not
     cancel. Same arguments, returns and errors as `fisher_scores`.
     """
-    return _accumulate(loss_fn, 1, params, batches, frozen)
+    return _accumulate(loss_fn, 1, params, batches, frozen, shardings)
 
 
 def magnitude_scores(params: PyTree) -> PyTree:

@@ -4,6 +4,12 @@ config -> splits -> per task t: [MIST adapt] -> features -> learner.fit_task -> 
 checkpoint + outputs (ARCHITECTURE.md). All randomness of task t derives from
 ``(config.seed, t)``, so a run resumed from the checkpoint of task t-1 ends bit-identical to an
 uninterrupted one on CPU.
+
+Scale-out (mist_jax/sharding.py): everything runs on the ``config.mesh`` device mesh with
+``jax.jit`` shardings; each process transforms only its rows of every global batch (train
+augmentation draws from one generator per image, so the stream does not depend on the process
+or device count); batches are prefetched two deep onto the devices; only process 0 writes
+results and logs, while every process takes part in the (collective) orbax checkpoints.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from mist_jax import masks, metrics, mist, outputs
+from mist_jax import masks, metrics, mist, outputs, sharding
 from mist_jax.checkpoint import RunCheckpointer
 from mist_jax.data import sources, splits, transforms
 from mist_jax.learners import compensate_drift, get_learner
@@ -85,7 +91,7 @@ def build_backbone(cfg: ml_collections.ConfigDict):
     if m.source == "tiny":
         model = tiny_vit(image_size=cfg.data.image_size, **kw)
         x = jnp.zeros((1, cfg.data.image_size, cfg.data.image_size, 3))
-        params = model.init(jax.random.key(cfg.seed), x)["params"]
+        params = jax.jit(model.init)(jax.random.key(cfg.seed), x)["params"]  # 1 compile, not 1/op
     else:
         model, params = load_pretrained(m.source, image_size=cfg.data.image_size, **kw)
     return model, params, get_preprocess(m.preprocess)
@@ -101,39 +107,55 @@ class Run:
     """
 
     def __init__(self, cfg: ml_collections.ConfigDict, workdir: str | Path, progress: bool = True):
-        self.cfg, self.workdir, self.progress = cfg, Path(workdir), progress
+        sharding.initialize_distributed()
+        self.writer = sharding.is_writer()
+        self.cfg, self.workdir = cfg, Path(workdir)
+        self.progress = progress and self.writer
         self._bar = None
+        self.mesh = sharding.from_config(cfg)
         self.data = load_data(cfg)
         self.model, backbone, self.preprocess = build_backbone(cfg)
         num_classes = self.data.train.num_classes
-        out_dim = num_classes if cfg.mist.objective == "ce" else cfg.mist.proj_dim
+        self.finetune = cfg.learner.name == "finetune"
+        mist_cfg = finetune_settings(cfg.mist) if self.finetune else cfg.mist
+        out_dim = num_classes if mist_cfg.objective == "ce" else mist_cfg.proj_dim
         head = mist.init_head(jax.random.key(cfg.seed + 1), self.model.width, out_dim)
-        self.params = {"backbone": backbone, "head": head}
-        self.mist_state = masks.init_mist_state(self.params)
+        self.params = self.mesh.place({"backbone": backbone, "head": head})
+        self.mist_state = masks.MistState(*self.mesh.place(tuple(
+            masks.init_mist_state(self.params))))
         if cfg.learner.drift_compensation and cfg.learner.name != "simplecil":
             raise ValueError("learner.drift_compensation moves class prototypes and applies to "
                              f"learner.name='simplecil' only, not {cfg.learner.name!r}.")
-        self.learner = get_learner(cfg.learner.name, **_learner_kwargs(cfg))
+        self.learner = get_learner(cfg.learner.name, **_learner_kwargs(cfg, num_classes))
         self.learner_state = self.learner.init(jax.random.key(cfg.seed + 2), self.model.width)
         self.adapter = None
-        if cfg.mist.enabled:
-            loss_fn = mist.make_loss_fn(self.model, self.preprocess, cfg.mist.objective,
-                                        cfg.mist.temperature, out_dim)
-            self.adapter = mist.Adapter(loss_fn, cfg.mist)
+        if cfg.mist.enabled or self.finetune:
+            loss_fn = mist.make_loss_fn(self.model, self.preprocess, mist_cfg.objective,
+                                        mist_cfg.temperature, out_dim)
+            self.adapter = mist.Adapter(loss_fn, mist_cfg, self.mesh)
         self._features = jax.jit(
-            lambda p, x: self.model.apply({"params": p}, self.preprocess(x)))
+            lambda p, x: self.model.apply({"params": p}, self.preprocess(x)),
+            in_shardings=(self.mesh.shardings(self.params)["backbone"], None),
+            out_shardings=self.mesh.replicated)
+        # Test features per test image, valid while the backbone is unchanged (version).
+        self._backbone_version, self._test_cache = 0, None
         self.record = {"next_task": 0, "acc_matrix": [], "top1_curve": [], "top5_curve": [],
                        "tasks": [], "class_order": self.data.order.tolist()}
         self.ckpt = RunCheckpointer(self.workdir / "checkpoints", cfg.to_dict())
         self._resume()
-        self.events = outputs.EventLog(self.workdir)
-        outputs.write_json(self.workdir / "config.json", cfg.to_dict())
+        self.events = outputs.EventLog(self.workdir) if self.writer else _NoLog()
+        if self.writer:
+            outputs.write_json(self.workdir / "config.json", cfg.to_dict())
 
     # ----------------------------------------------------------------- persistence
     def _state_tree(self) -> dict:
-        return {"params": self.params,
-                "mist": {"count": self.mist_state.count, "frozen": self.mist_state.frozen},
-                "learner": flax.serialization.to_state_dict(self.learner_state)}
+        # Replicated arrays (and the learner state, the same on every host) are saved as numpy
+        # by process 0; FSDP-sharded ones collectively, each process writing its shards.
+        host = lambda x: x if isinstance(x, jax.Array) and not x.is_fully_replicated else np.asarray(x)
+        return jax.tree_util.tree_map(host, {
+            "params": self.params,
+            "mist": {"count": self.mist_state.count, "frozen": self.mist_state.frozen},
+            "learner": flax.serialization.to_state_dict(self.learner_state)})
 
     def _resume(self) -> None:
         restored = self.ckpt.restore()
@@ -143,10 +165,9 @@ class Run:
         if record["class_order"] != self.record["class_order"]:
             raise ValueError("The checkpoint's class order differs from this dataset's; use a "
                              "new --workdir.")
-        self.params = jax.tree_util.tree_map(jnp.asarray, state["params"])
-        self.mist_state = masks.MistState(
-            jax.tree_util.tree_map(jnp.asarray, state["mist"]["count"]),
-            jax.tree_util.tree_map(jnp.asarray, state["mist"]["frozen"]))
+        self.params = self.mesh.place(state["params"])
+        self.mist_state = masks.MistState(*self.mesh.place(
+            (state["mist"]["count"], state["mist"]["frozen"])))
         self.learner_state = flax.serialization.from_state_dict(self.learner_state,
                                                                 state["learner"])
         self.record = record
@@ -155,26 +176,42 @@ class Run:
     # ----------------------------------------------------------------- data
     def _batches(self, images: sources.ImageSet, idx: np.ndarray, labels: np.ndarray, batch: int,
                  seed: int | None = None, key: jax.Array | None = None, desc: str | None = None):
-        """Batches of (float32[B, S, S, 3] images in [0, 1], int32[B] labels[, PRNG key]).
+        """Global batches on the mesh, prefetched 2 deep: (float32[B, S, S, 3] images in [0, 1],
+        int32[B] labels[, PRNG key]).
 
-        With ``seed``: shuffled, with the train transform (MIST Sec. 4) drawn from
-        ``np.random.default_rng(seed)``; without: in order, with the deterministic test transform.
+        With ``seed``: shuffled by ``np.random.default_rng(seed)``, with the train transform
+        (MIST Sec. 4) of the image at shuffled position i drawn from
+        ``np.random.default_rng((seed, i))``; without: in order, with the deterministic test
+        transform. Each process transforms only its own rows (``MeshContext.local_rows``).
         """
+        host = self._host_batches(images, idx, labels, batch, seed, key, desc)
+        return sharding.prefetch(host, lambda b: self.mesh.put_batch(b[1], b[0]), size=2)
+
+    def _host_batches(self, images, idx, labels, batch, seed, key, desc):
+        """(global batch size, this process's rows of (images, labels)[, key]) per batch."""
         size = self.cfg.data.image_size
         if seed is None:
-            order, transform, rng = np.arange(len(idx)), transforms.test_transform(size), None
+            order, transform = np.arange(len(idx)), transforms.test_transform(size)
         else:
-            rng = np.random.default_rng(seed)
-            order = rng.permutation(len(idx))
+            order = np.random.default_rng(seed).permutation(len(idx))
             transform = transforms.train_transform(size, scale=tuple(self.cfg.data.train_crop_scale))
         starts = range(0, len(idx), batch)
         if desc is not None:
             starts = self._bar = tqdm.tqdm(starts, desc=desc, leave=False,
                                            disable=not self.progress)
         for b, start in enumerate(starts):
-            sel = order[start:start + batch]
-            out = (transform(images.take(idx[sel]), rng), labels[sel].astype(np.int32))
-            yield out if key is None else out + (jax.random.fold_in(key, b),)
+            n = min(batch, len(idx) - start)
+            rows = self.mesh.local_rows(n)
+            pos = np.arange(start, start + n)[rows]
+            sel = order[pos]
+            picked = images.take(idx[sel])
+            if seed is None:
+                x = transform(picked)
+            else:
+                x = np.concatenate([transform([im], np.random.default_rng((seed, int(p))))
+                                    for im, p in zip(picked, pos)])
+            out = (x, labels[sel].astype(np.int32))
+            yield n, (out if key is None else out + (jax.random.fold_in(key, b),))
 
     def features(self, split: str, idx: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """float32[N, D] backbone features with the test transform (MIST Sec. 2.6)."""
@@ -182,6 +219,22 @@ class Run:
         feats = [np.asarray(self._features(self.params["backbone"], x)) for x, _ in
                  self._batches(images, idx, labels, self.cfg.learner.eval_batch_size)]
         return np.concatenate(feats) if feats else np.zeros((0, self.model.width), np.float32)
+
+    def _test_features(self, pos: np.ndarray) -> np.ndarray:
+        """Features of the test images at positions ``pos`` of ``data.test_idx``, each computed
+        once per backbone version (an unchanged backbone: MIST off, or mist.tasks='first'
+        after task 0, reuses the features of earlier tasks' classes)."""
+        data, cache = self.data, self._test_cache
+        if cache is None or cache["version"] != self._backbone_version:
+            n = len(data.test_idx)
+            cache = self._test_cache = {"version": self._backbone_version,
+                                        "feats": np.zeros((n, self.model.width), np.float32),
+                                        "have": np.zeros(n, bool)}
+        need = pos[~cache["have"][pos]]
+        if need.size:
+            cache["feats"][need] = self.features("test", data.test_idx[need], data.test_labels[need])
+            cache["have"][need] = True
+        return cache["feats"][pos]
 
     # ----------------------------------------------------------------- the loop
     def run(self) -> dict:
@@ -191,7 +244,11 @@ class Run:
             self._task(t)
         self.events.close()
         self.ckpt.close()
-        return outputs.finish(self.workdir, cfg, self.record)
+        if self.writer:
+            return outputs.finish(self.workdir, cfg, self.record)
+        rec = self.record
+        return dict(metrics.summarize(rec["acc_matrix"], rec["top1_curve"], rec["top5_curve"]),
+                    tasks=rec["tasks"], class_order=rec["class_order"])
 
     def _task(self, t: int) -> None:
         cfg, data = self.cfg, self.data
@@ -200,7 +257,8 @@ class Run:
         sel = (data.train_labels >= lo) & (data.train_labels < hi)
         idx, labels = data.train_idx[sel], data.train_labels[sel]
         task_log: dict[str, Any] = {"task": t, "classes": [lo, hi], "train_images": int(sel.sum())}
-        use_mist = self.adapter is not None and (cfg.mist.tasks == "all" or t == 0)
+        use_mist = self.adapter is not None and (cfg.mist.tasks == "all" or t == 0
+                                                 or self.finetune)
         if use_mist:
             before = self.features("train", idx, labels) if cfg.learner.drift_compensation else None
             key = jax.random.fold_in(jax.random.key(cfg.seed), t)
@@ -212,6 +270,7 @@ class Run:
             self.params, self.mist_state, log = self.adapter.adapt(
                 self.params, self.mist_state, epoch_batches, seed=cfg.seed * 1000 + t,
                 on_step=lambda row: self._on_step(t, row))
+            self._backbone_version += 1
             task_log.update(log)
             task_log["images_per_second"] = log["images"] * cfg.mist.epochs / (cfg.mist.epochs - 1) / max(log["seconds"], 1e-9)
         feats = self.features("train", idx, labels)
@@ -222,6 +281,9 @@ class Run:
             protos = compensate_drift(unit(np.asarray(self.learner_state.prototypes)),
                                       unit(before), unit(feats), cfg.learner.drift_sigma)
             self.learner_state = self.learner_state.replace(prototypes=protos)
+        if self.finetune:
+            self.learner_state = self.learner.with_classifier(
+                self.learner_state, jax.device_get(self.params["head"]))
         self.learner_state = self.learner.fit_task(self.learner_state, feats, labels, (lo, hi))
         row, top1, top5 = self._evaluate(hi)
         rec = self.record
@@ -245,7 +307,7 @@ class Run:
     def _evaluate(self, num_seen: int) -> tuple[list[float], float, float]:
         data = self.data
         sel = data.test_labels < num_seen
-        feats = self.features("test", data.test_idx[sel], data.test_labels[sel])
+        feats = self._test_features(np.flatnonzero(sel))
         logits = np.asarray(self.learner.logits(self.learner_state, feats))
         seen = [r for r in data.ranges if r[1] <= num_seen]
         row = metrics.accuracy_row(logits, data.test_labels[sel], seen)
@@ -254,7 +316,30 @@ class Run:
         return row, top1, top5
 
 
-def _learner_kwargs(cfg) -> dict:
+class _NoLog:
+    """The event log of processes other than 0: writes nothing."""
+
+    def write(self, row: dict, step: int) -> None:
+        del row, step
+
+    def close(self) -> None:
+        pass
+
+
+def _learner_kwargs(cfg, num_classes: int) -> dict:
     if cfg.learner.name == "ranpac":
         return {"num_projections": cfg.learner.ranpac_dim}
+    if cfg.learner.name == "finetune":
+        return {"num_classes": num_classes}
     return {}
+
+
+def finetune_settings(mist_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``config.mist`` turned into dense cross-entropy fine-tuning of the whole backbone and a
+    classifier over all classes: every weight selected, no drop, no damping, no freezing (the
+    forgetting-prone reference). Learning rates, epochs and batch size stay as configured."""
+    cfg = mist_cfg.copy_and_resolve_references()
+    with cfg.unlocked():
+        cfg.update(objective="ce", selector="random", select_rate=1.0, drop_rate=0.0,
+                   overlap_decay=1.0, freeze_rate=0.0)
+    return cfg

@@ -13,7 +13,7 @@ run() {  # name, overrides...
   echo "== $name: $*"; cat "$OUT/$name/summary.txt"
 }
 mkdir -p "$OUT"
-run authors                                            # lr 1e-4, MIST on every task
-run lr1e-5 --config.mist.learning_rate=1e-5 --config.compare_baseline=False
-run first_task --config.mist.tasks=first --config.compare_baseline=False
-run drift --config.learner.drift_compensation=True --config.compare_baseline=False
+run authors --config.mist.learning_rate=1e-4                 # MIST on every task
+run lr1e-5 --config.compare_baseline=False
+run first_task --config.mist.learning_rate=1e-4 --config.mist.tasks=first --config.compare_baseline=False
+run drift --config.mist.learning_rate=1e-4 --config.learner.drift_compensation=True --config.compare_baseline=False

@@ -96,3 +96,20 @@ def test_cli_runs_and_rejects_misspelt_keys(tmp_path):
     assert (tmp_path / "cli" / "mist" / "results.json").is_file()
     assert (tmp_path / "cli" / "baseline" / "results.json").is_file()
     assert (tmp_path / "cli" / "accuracy_curve.png").is_file()
+
+
+def test_finetune_reference_updates_every_backbone_weight(tmp_path):
+    out = train.Run(smoke(**{"learner.name": "finetune"}), tmp_path / "ft", progress=False).run()
+    task = out["tasks"][0]
+    # Dense CE fine-tuning: all weights selected, nothing dropped -> (almost) every element
+    # moves; a few updates lr * g fall below float32 resolution of their weight.
+    assert task["selected_fraction"] == 1.0
+    assert task["updated_fraction"] > 0.95
+    assert [len(r) for r in out["acc_matrix"]] == [1, 2]
+
+
+def test_mist_on_first_task_only_matches_all_tasks_on_task_0(tmp_path):
+    first = train.Run(smoke(**{"mist.tasks": "first"}), tmp_path / "a", progress=False).run()
+    every = train.Run(smoke(), tmp_path / "b", progress=False).run()
+    assert first["acc_matrix"][0] == every["acc_matrix"][0]
+    assert "mi_loss_per_epoch" not in first["tasks"][1]
