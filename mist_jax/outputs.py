@@ -100,20 +100,28 @@ def plot_acc_matrix(acc_matrix: list[list[float]], path: str | Path) -> None:
 
 
 def plot_mask_coverage(tasks: list[dict], path: str | Path) -> None:
-    """Selected % per scored backbone tensor group (block) and task."""
+    """Selected % of the scored (non-exempt) backbone tensors, per block and task: the mean
+    over the block's tensors of each tensor's selected fraction (MIST selects per tensor)."""
+    import re
+
+    from mist_jax.masks import DEFAULT_EXEMPT
+
     rows = [(t["task"], t["coverage"]) for t in tasks if t.get("coverage")]
     if not rows:
         return
     groups: dict[str, list[str]] = {}
     for k in rows[0][1]:
-        groups.setdefault(k.split("/")[1], []).append(k)
-    names = list(groups)
+        if not any(re.search(p, k) for p in DEFAULT_EXEMPT):
+            groups.setdefault(k.split("/")[1], []).append(k)
+    num = lambda n: (int(m.group()) if (m := re.search(r"\d+$", n)) else -1, n)
+    names = sorted(groups, key=num)
     fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(names)), 3.5))
     for task, cov in rows:
         ax.plot(range(len(names)), [sum(cov[k] for k in groups[n]) / len(groups[n]) for n in names],
                 marker=".", label=f"task {task}")
     ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
-    ax.set_ylabel("selected (%) incl. always-selected")
+    ax.set_ylabel("selected (%) of scored weights")
+    ax.set_ylim(bottom=0)
     ax.legend(fontsize=7)
     _savefig(fig, Path(path))
 
