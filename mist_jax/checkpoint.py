@@ -75,25 +75,22 @@ class RunCheckpointer:
         step = self._manager.latest_step()
         if step is None:
             return None
-        try:
-            record = self._manager.restore(step, args=ocp.args.Composite(
-                record=ocp.args.JsonRestore()))["record"]
-        except Exception as e:
-            raise ValueError(f"Checkpoint {self._manager.directory / str(step)} is unreadable "
-                             f"({e}); move the folder away to start the run afresh.") from e
+        record = self._restore(step, "record", ocp.args.JsonRestore())
         if record.get("config_fingerprint") != self.fingerprint:
             raise ValueError(
                 f"The checkpoint in {self._manager.directory} was written by a different config "
                 f"(fingerprint {record.get('config_fingerprint')} != {self.fingerprint}). Use a "
                 "new --workdir for a new experiment, or re-run with the original config."
             )
+        state = self._restore(step, "state", ocp.args.StandardRestore())
+        return jax.tree_util.tree_map(np.asarray, state), record
+
+    def _restore(self, step: int, item: str, args) -> Any:
         try:
-            state = self._manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore()))["state"]
+            return self._manager.restore(step, args=ocp.args.Composite(**{item: args}))[item]
         except Exception as e:
             raise ValueError(f"Checkpoint {self._manager.directory / str(step)} is unreadable "
                              f"({e}); move the folder away to start the run afresh.") from e
-        return jax.tree_util.tree_map(np.asarray, state), record
 
     def close(self) -> None:
         self._manager.close()
