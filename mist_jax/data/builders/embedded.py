@@ -146,6 +146,13 @@ def prepare(name: str, data_dir: str | os.PathLike) -> tfds.core.DatasetBuilder:
         raise ValueError(f"Unknown embedded dataset {name!r}; choose from {sorted(EMBEDDED)}.")
     builder = EMBEDDED[name](data_dir=os.fspath(data_dir))
     if not builder.is_prepared():
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+        try:
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+        except FileExistsError:
+            # Another process (a second host on a shared data dir) finished the same build
+            # first; its result is identical (deterministic), so use it.
+            builder = EMBEDDED[name](data_dir=os.fspath(data_dir))
+            if not builder.is_prepared():
+                raise
     return builder
