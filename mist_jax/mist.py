@@ -124,16 +124,20 @@ class Adapter:
           ``(tuned params, new MistState, log)`` with log keys ``mi_loss_per_epoch`` (mean over
           each update epoch), ``selected_fraction`` (selected / total over scored backbone
           tensors), ``updated_fraction`` (mean fraction of backbone elements changed per step),
-          ``coverage`` ({path: percent selected}), ``steps``, ``images`` (views / 2 processed).
+          ``coverage`` ({path: percent selected}), ``steps``, ``images`` (images of the update
+          epochs; each gives two views), ``seconds`` and ``images_per_second`` (all epochs,
+          scoring pass included).
         Raises:
-          ValueError: a NaN/inf loss (names the epoch and step and the likely fix).
+          ValueError: a NaN/inf loss (names the epoch and the likely fix).
         """
         cfg, loss_fn, mesh = self.cfg, self.loss_fn, self.mesh
         t0 = time.perf_counter()
         params = mesh.place(params)
         state = masks.MistState(*mesh.place(tuple(state)))
         score_fn = sensitivity.gradient_scores if cfg.selector == "gradient" else sensitivity.fisher_scores
-        scores = score_fn(loss_fn, params, epoch_batches(0), frozen=state.frozen,
+        scoring_images = []
+        counted = (scoring_images.append(len(b[1])) or b for b in epoch_batches(0))
+        scores = score_fn(loss_fn, params, counted, frozen=state.frozen,
                           shardings=mesh.shardings(params))
         mask = masks.select(cfg.selector, cfg.select_rate, params=params, scores=scores, seed=seed)
         tx = _optimizer(cfg, seed, mask, state.count, state.frozen)
@@ -169,6 +173,7 @@ class Adapter:
             "images": images,
             "seconds": time.perf_counter() - t0,
         }
+        log["images_per_second"] = (sum(scoring_images) + images) / max(log["seconds"], 1e-9)
         if cfg.freeze_rate > 0:  # 0: no bookkeeping (dense fine-tuning reference)
             state = masks.MistState(*mesh.place(tuple(
                 masks.update_after_task(state, mask, scores, cfg.freeze_rate))))

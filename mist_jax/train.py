@@ -272,7 +272,6 @@ class Run:
                 on_step=lambda row: self._on_step(t, row))
             self._backbone_version += 1
             task_log.update(log)
-            task_log["images_per_second"] = log["images"] * cfg.mist.epochs / (cfg.mist.epochs - 1) / max(log["seconds"], 1e-9)
         feats = self.features("train", idx, labels)
         if use_mist and cfg.learner.drift_compensation and t > 0:
             # SDC on the unit sphere, where sigma = 0.3 has the meaning of Yu et al.'s
