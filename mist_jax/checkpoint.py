@@ -66,8 +66,9 @@ class RunCheckpointer:
     def restore(self) -> tuple[Any, dict] | None:
         """The newest checkpoint as ``(state, record)``, or None when there is none.
 
-        The state comes back as nested dicts of numpy arrays with the saved shapes (learner
-        states grow from task to task, so no template is needed).
+        The state comes back as nested dicts of numpy arrays with the saved shapes and dtypes
+        (the template is read from the checkpoint: learner states grow from task to task), on
+        every process, whatever mesh or host count wrote it.
         Raises:
           ValueError: the checkpoint was written under a different config (names both
             fingerprints and the fix), or it cannot be read (corrupt; names the folder).
@@ -82,8 +83,23 @@ class RunCheckpointer:
                 f"(fingerprint {record.get('config_fingerprint')} != {self.fingerprint}). Use a "
                 "new --workdir for a new experiment, or re-run with the original config."
             )
-        state = self._restore(step, "state", ocp.args.StandardRestore())
-        return jax.tree_util.tree_map(np.asarray, state), record
+        state = self._restore(step, "state", ocp.args.StandardRestore(self._numpy_target(step)))
+        return state, record
+
+    def _numpy_target(self, step: int) -> Any:
+        """A restore target of numpy arrays shaped like the saved state.
+
+        Every process reads each array whole, also those written as FSDP shards spread over
+        several hosts, which a target-less restore would hand back as arrays no single process
+        can read; the runner then lays them out on its own mesh (``MeshContext.place``).
+        """
+        try:
+            tree = self._manager.item_metadata(step)["state"]
+            tree = getattr(tree, "tree", tree)
+            return jax.tree_util.tree_map(lambda m: np.empty(m.shape, m.dtype), tree)
+        except Exception as e:
+            raise ValueError(f"Checkpoint {self._manager.directory / str(step)} has unreadable "
+                             f"metadata ({e}); move the folder away to start the run afresh.") from e
 
     def _restore(self, step: int, item: str, args) -> Any:
         try:
