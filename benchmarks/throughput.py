@@ -54,6 +54,10 @@ def parse_args(argv=None):
     p.add_argument("--fsdp", type=int, default=1, help="fsdp axis size (<= device count)")
     p.add_argument("--dtype", default="float32", help="compute dtype (params stay float32)")
     p.add_argument("--remat", action="store_true")
+    p.add_argument("--peak-tflops", type=float, default=0.0,
+                   help="per-device peak TFLOP/s for the MFU columns (default: the table of "
+                        "accelerators below; give it for other devices, e.g. a CPU's measured "
+                        "matmul peak)")
     p.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -143,7 +147,8 @@ def worker(args) -> dict:
     t_step = _median_seconds(train_step, args.steps)
     t_feat = _median_seconds(features, args.steps)
     kind = devices[0].device_kind
-    peak = next((v for k, v in PEAK_FLOPS.items() if k.lower() in kind.lower()), None)
+    peak = args.peak_tflops * 1e12 or next(
+        (v for k, v in PEAK_FLOPS.items() if k.lower() in kind.lower()), None)
     mfu = lambda f, t: (f / t / (n * peak)) if (peak and f) else None
     return {"devices": n, "mesh": dict(ctx.mesh.shape), "kind": kind,
             "backend": jax.default_backend(),

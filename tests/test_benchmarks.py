@@ -1,0 +1,50 @@
+"""The benchmark scripts run on tiny shapes and print the tables the README quotes.
+
+Slow-ish (each script compiles several programs); they keep benchmarks/ from rotting.
+"""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(script, *args):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_throughput_table_has_a_row_per_device_count_and_consistent_mfu():
+    peak = 0.001  # TFLOP/s per device: a made-up peak, so the MFU columns are filled on CPU
+    out = _run("throughput.py", "--model", "tiny", "--devices", "1,2", "--fsdp", "1",
+               "--steps", "1", "--peak-tflops", str(peak))
+    rows = [l for l in out.splitlines() if re.match(r"\| \d+ \|", l)]
+    assert [r.split("|")[1].strip() for r in rows] == ["1", "2"]
+    for r in rows:
+        cells = [c.strip() for c in r.strip("|").split("|")]
+        devices, mesh = int(cells[0]), cells[1]
+        scoring, step, feats, tflops = map(float, cells[2:6])
+        assert mesh == f"{devices} x 1"
+        assert min(scoring, step, feats, tflops) > 0
+        # MFU = FLOP/s / (devices x peak): the step MFU column follows from the TFLOP/s one.
+        mfu = float(cells[6].rstrip("%")) / 100
+        assert mfu == pytest.approx(tflops / (devices * peak), rel=0.05)
+
+
+@pytest.mark.slow
+def test_sparse_step_table_lists_dense_mist_and_scoring():
+    out = _run("sparse_step.py", "--image-size", "32", "--batch", "4", "--steps", "1",
+               "--width", "32", "--depth", "2", "--heads", "2", "--mlp", "64", "--patch", "8")
+    names = ("dense", "mist reference", "mist strict", "scoring")
+    for name in names:
+        line = next(l for l in out.splitlines() if l.startswith(name))
+        assert float(line.split()[-4]) > 0  # median ms
+    dense = next(l for l in out.splitlines() if l.startswith("dense"))
+    assert "1.00x" in dense
