@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -76,14 +76,15 @@ class RunCheckpointer:
         step = self._manager.latest_step()
         if step is None:
             return None
-        record = self._restore(step, "record", ocp.args.JsonRestore())
+        record = self._restore(step, "record", ocp.args.JsonRestore)
         if record.get("config_fingerprint") != self.fingerprint:
             raise ValueError(
                 f"The checkpoint in {self._manager.directory} was written by a different config "
                 f"(fingerprint {record.get('config_fingerprint')} != {self.fingerprint}). Use a "
                 "new --workdir for a new experiment, or re-run with the original config."
             )
-        state = self._restore(step, "state", ocp.args.StandardRestore(self._numpy_target(step)))
+        state = self._restore(
+            step, "state", lambda: ocp.args.StandardRestore(self._numpy_target(step)))
         return state, record
 
     def _numpy_target(self, step: int) -> Any:
@@ -93,17 +94,15 @@ class RunCheckpointer:
         several hosts, which a target-less restore would hand back as arrays no single process
         can read; the runner then lays them out on its own mesh (``MeshContext.place``).
         """
-        try:
-            tree = self._manager.item_metadata(step)["state"]
-            tree = getattr(tree, "tree", tree)
-            return jax.tree_util.tree_map(lambda m: np.empty(m.shape, m.dtype), tree)
-        except Exception as e:
-            raise ValueError(f"Checkpoint {self._manager.directory / str(step)} has unreadable "
-                             f"metadata ({e}); move the folder away to start the run afresh.") from e
+        tree = self._manager.item_metadata(step)["state"]
+        tree = getattr(tree, "tree", tree)
+        return jax.tree_util.tree_map(lambda m: np.empty(m.shape, m.dtype), tree)
 
-    def _restore(self, step: int, item: str, args) -> Any:
+    def _restore(self, step: int, item: str, make_args: Callable[[], Any]) -> Any:
+        """Restore ``item`` of ``step`` with the orbax args ``make_args()`` builds; any failure,
+        reading the metadata included, becomes the ValueError naming the folder."""
         try:
-            return self._manager.restore(step, args=ocp.args.Composite(**{item: args}))[item]
+            return self._manager.restore(step, args=ocp.args.Composite(**{item: make_args()}))[item]
         except Exception as e:
             raise ValueError(f"Checkpoint {self._manager.directory / str(step)} is unreadable "
                              f"({e}); move the folder away to start the run afresh.") from e
