@@ -33,7 +33,11 @@ def _launch(args, workdir, env):
         env=dict(env, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
                  JAX_PROCESS_ID=str(i)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True) for i in range(2)]
-    outs = [p.communicate(timeout=600) for p in procs]
+    try:
+        outs = [p.communicate(timeout=600) for p in procs]
+    finally:  # a hung run must not outlive the test
+        for p in procs:
+            p.kill()
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-2000:]
     assert "average_accuracy" not in outs[1][0]
@@ -58,11 +62,13 @@ def test_two_processes_match_one(tmp_path):
 
 @pytest.mark.slow
 def test_resume_from_fsdp_shards_spread_over_two_processes(tmp_path):
-    # 2 processes x 2 CPU devices, every tiny-ViT leaf that divides sharded 4 ways: each
+    # 2 processes x 1 CPU device, every tiny-ViT leaf that divides sharded 2 ways: each
     # process holds half of each sharded array, so restoring needs both processes' shards.
-    env = dict(os.environ, JAX_PLATFORMS="cpu", MIST_JAX_DATA=str(tmp_path / "data"),
-               XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    args = [*SMOKE, "--config.mesh.fsdp=4", "--config.mesh.fsdp_min_size=1"]  # 2 tasks
+    # One device per process: with several fake CPU devices per process, XLA:CPU's gloo
+    # collectives occasionally hung here (1 run in 10; cf. openxla/xla#16430).
+    env = dict(os.environ, JAX_PLATFORMS="cpu", MIST_JAX_DATA=str(tmp_path / "data"))
+    env.pop("XLA_FLAGS", None)
+    args = [*SMOKE, "--config.mesh.fsdp=2", "--config.mesh.fsdp_min_size=1"]  # 2 tasks
     _launch(args, tmp_path / "run", env)
     full = json.loads((tmp_path / "run" / "mist" / "results.json").read_text())
     ckpts = tmp_path / "run" / "mist" / "checkpoints"
