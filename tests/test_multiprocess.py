@@ -25,6 +25,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _cpu_env(tmp_path):
+    """One CPU device per process (XLA_FLAGS dropped) and a private embedded-data dir."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", MIST_JAX_DATA=str(tmp_path / "data"))
+    env.pop("XLA_FLAGS", None)
+    return env
+
+
 def _launch(args, workdir, env):
     """Run ``args`` in two jax.distributed processes; returns process 0's stdout."""
     port = _free_port()
@@ -46,8 +53,7 @@ def _launch(args, workdir, env):
 
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", MIST_JAX_DATA=str(tmp_path / "data"))
-    env.pop("XLA_FLAGS", None)
+    env = _cpu_env(tmp_path)
     single = subprocess.run([sys.executable, *ARGS, "--workdir", str(tmp_path / "one")],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert single.returncode == 0, single.stderr[-2000:]
@@ -65,9 +71,8 @@ def test_resume_from_fsdp_shards_spread_over_two_processes(tmp_path):
     # 2 processes x 1 CPU device, every tiny-ViT leaf that divides sharded 2 ways: each
     # process holds half of each sharded array, so restoring needs both processes' shards.
     # One device per process: with several fake CPU devices per process, XLA:CPU's gloo
-    # collectives occasionally hung here (1 run in 10; cf. openxla/xla#16430).
-    env = dict(os.environ, JAX_PLATFORMS="cpu", MIST_JAX_DATA=str(tmp_path / "data"))
-    env.pop("XLA_FLAGS", None)
+    # collectives hung in 2 of about 12 runs (cf. openxla/xla#16430).
+    env = _cpu_env(tmp_path)
     args = [*SMOKE, "--config.mesh.fsdp=2", "--config.mesh.fsdp_min_size=1"]  # 2 tasks
     _launch(args, tmp_path / "run", env)
     full = json.loads((tmp_path / "run" / "mist" / "results.json").read_text())
