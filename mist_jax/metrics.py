@@ -1,4 +1,4 @@
-"""Class-incremental accuracy metrics, in percent (MIST Sec. 5; names fixed there).
+"""Class-incremental accuracy metrics, in percent (definitions: docs/benchmarks.md, "Metrics").
 
 acc_matrix[i][j]: top-1 accuracy (%) on the test images of task j's classes after learning task
 i (j <= i), stored as a list of rows, row i holding tasks 0..i. top1_curve[i] / top5_curve[i]:
@@ -107,7 +107,7 @@ def new_task_accuracy(acc_matrix: Sequence[Sequence[float]]) -> float:
 
 
 def summarize(acc_matrix, top1_curve, top5_curve) -> dict:
-    """All named metrics of MIST Sec. 5 in one JSON-ready dict (keys: METRIC_KEYS).
+    """All named metrics (docs/benchmarks.md, "Metrics") in one JSON-ready dict (keys: METRIC_KEYS).
 
     Raises:
       ValueError: ragged matrix or curves of a different length than the matrix.

@@ -1,4 +1,4 @@
-"""Named CIL metrics against hand-computed values (metrics.py, MIST Sec. 5)."""
+"""Named CIL metrics against hand-computed values (metrics.py; docs/benchmarks.md, "Metrics")."""
 
 import numpy as np
 import pytest

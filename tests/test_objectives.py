@@ -14,7 +14,8 @@ from mist_jax import objectives
 
 # --------------------------------------------------------------------------- numpy references
 def np_mi_loss(z, labels, tau=0.07, eps=1e-8):
-    """Direct float64 transcription of MIST_SPEC.md Sec. 2.1 (= Supervised_NT_xent_n)."""
+    """Direct float64 transcription of docs/algorithm.md §2 (= the official
+    utils/contrastive_learning.py Supervised_NT_xent_n)."""
     z = np.asarray(z, np.float64)
     n = z.shape[0]
     b = n // 2

@@ -8,7 +8,8 @@ from mist_jax.data import splits
 
 def test_cifar100_class_order_matches_spec():
     order = splits.class_order(100)
-    # MIST_SPEC Sec. 4: np.random.seed(1993); np.random.permutation(100).
+    # Official utils/data_manager.py: np.random.seed(1993); np.random.permutation(100)
+    # (docs/benchmarks.md, "Class order and tasks").
     assert order[:10].tolist() == [68, 56, 78, 8, 23, 84, 90, 65, 74, 76]
     assert order[-10:].tolist() == [51, 48, 73, 93, 39, 67, 29, 49, 57, 33]
     assert sorted(order.tolist()) == list(range(100))

@@ -1,5 +1,5 @@
-"""Learners on backbone features (MIST Sec. 3): SimpleCIL, RanPAC (freeze-based), SDC, and the
-full fine-tuning reference."""
+"""Learners on backbone features (docs/algorithm.md §9): SimpleCIL, RanPAC (freeze-based), SDC,
+and the full fine-tuning reference."""
 
 from mist_jax.learners.base import Learner, check_task
 from mist_jax.learners.drift import compensate_drift

@@ -1,8 +1,8 @@
 """The interface of freeze-based learners: classifiers fitted on frozen-backbone features.
 
-MIST Sec. 2.6 / 3: after each task's sparse tuning the backbone is frozen and the learner fits
-its classifier on features of the task's training images (test transform). A learner is an
-immutable hyper-parameter object with three pure methods; its state is a pytree
+docs/algorithm.md §1 and §9: after each task's sparse tuning the backbone is frozen and the
+learner fits its classifier on features of the task's training images (test transform). A
+learner is an immutable hyper-parameter object with three pure methods; its state is a pytree
 (``flax.struct.dataclass``) that orbax can checkpoint. Labels are remapped (class-order
 positions) and tasks arrive in order: task t covers classes [start, end) with start equal to
 the number of classes seen before it.

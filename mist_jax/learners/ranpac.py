@@ -1,6 +1,6 @@
 """RanPAC: frozen random projection + ReLU, then a ridge classifier (McDonnell et al. 2023).
 
-MIST Sec. 3 / code models/ranpac_mist.py (``setup_RP``, ``replace_fc``,
+docs/algorithm.md §9; official code models/ranpac_mist.py (``setup_RP``, ``replace_fc``,
 ``optimise_ridge_parameter``):
 
 * W_rand ~ N(0, 1), float32[D, M] (M = 10000), drawn once at init and fixed forever;

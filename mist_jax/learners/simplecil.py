@@ -1,9 +1,9 @@
 """SimpleCIL: class-mean prototypes and a cosine classifier (Zhou et al. 2023).
 
-MIST Sec. 3 / code models/simplecil_mist.py (``replace_fc``): after each task the prototype of
-each new class is the mean feature of its training images; old prototypes are never recomputed.
-Logits = cosine(feature, prototype) over all seen classes (the authors' CosineLinear also
-multiplies by a scale sigma, which does not change the argmax or the top-k).
+docs/algorithm.md §9; official code models/simplecil_mist.py (``replace_fc``): after each task
+the prototype of each new class is the mean feature of its training images; old prototypes are
+never recomputed. Logits = cosine(feature, prototype) over all seen classes (the authors'
+CosineLinear also multiplies by a scale sigma, which does not change the argmax or the top-k).
 """
 
 from __future__ import annotations
