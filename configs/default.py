@@ -40,6 +40,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.data.eval_split = "test"  # or "validation": 20% of each class's training images
     c.data.image_size = 56
     c.data.train_crop_scale = (0.05, 1.0)  # RandomResizedCrop of the authors' code
+    # "default" (RandomResizedCrop, [0, 1] pixels) | "cars" (Resize 300 + RandomCrop, ImageNet
+    # mean/std on the data side): mist_jax/data/transforms.py get_transforms.
+    c.data.transform = "default"
 
     c.model = ml_collections.ConfigDict()
     c.model.source = "dinov2_vits14_imgfocus"

@@ -189,12 +189,12 @@ class Run:
 
     def _host_batches(self, images, idx, labels, batch, seed, key, desc):
         """(global batch size, this process's rows of (images, labels)[, key]) per batch."""
-        size = self.cfg.data.image_size
+        train_transform, test_transform = transforms.get_transforms(self.cfg.data)
         if seed is None:
-            order, transform = np.arange(len(idx)), transforms.test_transform(size)
+            order, transform = np.arange(len(idx)), test_transform
         else:
             order = np.random.default_rng(seed).permutation(len(idx))
-            transform = transforms.train_transform(size, scale=tuple(self.cfg.data.train_crop_scale))
+            transform = train_transform
         starts = range(0, len(idx), batch)
         if desc is not None:
             starts = self._bar = tqdm.tqdm(starts, desc=desc, leave=False,

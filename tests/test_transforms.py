@@ -6,8 +6,9 @@ from PIL import Image
 
 from mist_jax.data.sources import ImageSet
 from mist_jax.data.transforms import (
-    EvalTransform, TrainTransform, iterate_batches, random_resized_crop_params, test_transform,
-    to_rgb, train_transform)
+    IMAGENET_MEAN, IMAGENET_STD, EvalTransform, ResizeCropTransform, TrainTransform,
+    get_transforms, iterate_batches, random_resized_crop_params, scaled, test_transform, to_rgb,
+    train_transform)
 
 
 def _ramp(h, w, c=3, seed=0):
@@ -122,3 +123,79 @@ def test_iterate_batches_shuffle_is_seeded_permutation():
                                                shuffle=True)])
     assert sorted(ids(0).tolist()) == list(range(10))
     assert np.array_equal(ids(0), ids(0)) and not np.array_equal(ids(0), ids(1))
+
+
+# --------------------------------------------------------------------------- Cars-196 pipeline
+def _data_cfg(transform=None, size=32):
+    from types import SimpleNamespace
+    cfg = SimpleNamespace(image_size=size, train_crop_scale=(0.05, 1.0))
+    if transform is not None:
+        cfg.transform = transform
+    return cfg
+
+
+def _unnormalise(x):
+    """Normalised float images -> the uint8 pixels they came from (ImageNet mean / std)."""
+    return np.rint((x * np.array(IMAGENET_STD) + np.array(IMAGENET_MEAN)) * 255).astype(np.uint8)
+
+
+def test_scaled_sizes_by_hand():
+    # utils/data.py iCARS196_224 fixes 300 / 256 at 224 px; other sizes scale and round.
+    assert (scaled(224, 300), scaled(224, 256)) == (300, 256)
+    assert (scaled(112, 300), scaled(112, 256)) == (150, 128)
+    assert (scaled(32, 300), scaled(32, 256)) == (43, 37)  # 42.86 -> 43, 36.57 -> 37
+
+
+def test_get_transforms_picks_the_pipeline():
+    tr, te = get_transforms(_data_cfg(None, 224))  # no field: the default pipeline
+    assert tr == TrainTransform(224, scale=(0.05, 1.0)) and te == EvalTransform(224)
+    assert get_transforms(_data_cfg("default", 224)) == (tr, te)
+    tr, te = get_transforms(_data_cfg("cars", 224))
+    assert tr == ResizeCropTransform(224, 300, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    assert te == EvalTransform(224, 256, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    with pytest.raises(ValueError, match=r"'default', 'cars'"):
+        get_transforms(_data_cfg("imagenet"))
+
+
+def test_cars_normalisation_values_by_hand():
+    # A constant image stays constant through the bicubic resize and the crop; then
+    # (v / 255 - mean) / std per channel: (128, 64, 255) -> (0.07406, -0.91527, 2.64000).
+    image = np.empty((50, 70, 3), np.uint8)
+    image[...] = (128, 64, 255)
+    tr, te = get_transforms(_data_cfg("cars"))
+    want = np.array([0.074062, -0.915266, 2.640000], np.float32)
+    for out in (tr([image], np.random.default_rng(0)), te([image])):
+        assert out.shape == (1, 32, 32, 3) and out.dtype == np.float32
+        np.testing.assert_allclose(out[0], np.broadcast_to(want, (32, 32, 3)), atol=2e-5)
+
+
+def test_cars_train_crop_is_a_window_of_the_300_resize():
+    # size 32: Resize((43, 43), bicubic), then a 32 x 32 window at offsets in [0, 11], maybe
+    # mirrored. Each output must equal one such window of an independently resized image.
+    image = _ramp(57, 41)
+    ref = np.asarray(Image.fromarray(image).resize((43, 43), Image.BICUBIC))
+    windows = {(t, l, f): (ref[t:t + 32, l:l + 32][:, ::-1] if f else ref[t:t + 32, l:l + 32])
+               for t in range(12) for l in range(12) for f in (0, 1)}
+    tr, _ = get_transforms(_data_cfg("cars"))
+    seen = set()
+    for seed in range(60):
+        pixels = _unnormalise(tr([image], np.random.default_rng(seed))[0])
+        hits = [k for k, w in windows.items() if np.array_equal(pixels, w)]
+        assert hits, f"seed {seed}: not a window of the 43 x 43 bicubic resize"
+        seen.update(hits)
+    assert {f for _, _, f in seen} == {0, 1}  # both flip states occur
+    assert len({(t, l) for t, l, _ in seen}) > 20  # offsets vary
+
+
+def test_cars_test_transform_centre_box_by_hand():
+    # size 32: Resize(37) on H 40 x W 60 -> H 37, W int(37 * 60 / 40) = 55 (bicubic);
+    # centre crop top round(2.5) = 2, left round(11.5) = 12.
+    image = _ramp(40, 60)
+    _, te = get_transforms(_data_cfg("cars"))
+    ref = np.asarray(Image.fromarray(image).resize((55, 37), Image.BICUBIC))[2:34, 12:44]
+    np.testing.assert_array_equal(_unnormalise(te([image])[0]), ref)
+
+
+def test_resize_crop_rejects_a_crop_larger_than_the_resize():
+    with pytest.raises(ValueError, match="smaller than the crop size"):
+        ResizeCropTransform(32, 30)([_ramp(8, 8)], np.random.default_rng(0))

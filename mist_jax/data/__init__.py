@@ -5,9 +5,11 @@ from mist_jax.data.splits import (
     class_order, per_class_split, per_class_subsample, remap_labels, seen_indices, task_indices,
     task_ranges)
 from mist_jax.data.transforms import (
-    EvalTransform, TrainTransform, iterate_batches, test_transform, train_transform)
+    EvalTransform, ResizeCropTransform, TrainTransform, get_transforms, iterate_batches,
+    test_transform, train_transform)
 
-__all__ = ["EvalTransform", "ImageSet", "LazyImages", "TrainTransform", "class_order",
-           "default_data_dir", "iterate_batches", "load_dataset", "per_class_split",
+__all__ = ["EvalTransform", "ImageSet", "LazyImages", "ResizeCropTransform", "TrainTransform",
+           "class_order", "default_data_dir", "get_transforms", "iterate_batches",
+           "load_dataset", "per_class_split",
            "per_class_subsample", "remap_labels", "seen_indices", "task_indices", "task_ranges",
            "test_transform", "train_transform"]

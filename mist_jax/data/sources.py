@@ -2,7 +2,7 @@
 
 One entry point, ``load_dataset(name, split)``, returns an ``ImageSet``: uint8 HWC images
 (a numpy array, or a lazy random-access sequence for large sets), int64 labels, class names.
-Nothing here ever downloads (MIST Sec. 4: TFDS downloads can fail, cars196 URLs are dead):
+Nothing here ever downloads (TFDS downloads can fail, and the cars196 URLs are dead):
 
 * ``"cifar100"``, ``"caltech_birds2011"``, ``"cars196"``, ``"imagenet_r"``, ``"imagenet_a"``
   or any other TFDS name: read with ``builder.as_data_source`` from a data dir where it was

@@ -1,9 +1,19 @@
 """Image transforms of the authors' code and a seeded batch iterator (numpy + PIL, host side).
 
-MIST Sec. 4 / code utils/data.py ``build_transform``:
-* train: RandomResizedCrop(size, scale=(0.05, 1), ratio=(3/4, 4/3)) + horizontal flip (p 0.5);
-* test: Resize(int(256 / 224 * size), bicubic, shorter side) + CenterCrop(size);
-* pixels float32 in [0, 1], no normalisation (optional mean / std, e.g. ImageNet's for Cars).
+Two pipelines, picked by ``config.data.transform`` through ``get_transforms`` (official code
+``utils/data.py``; MIST Sec. 4):
+
+* ``"default"`` (``build_transform``, used by CIFAR-100, ImageNet-R/A, CUB):
+  train RandomResizedCrop(size, scale=(0.05, 1), ratio=(3/4, 4/3), bilinear) + horizontal
+  flip (p 0.5); test Resize(int(256 / 224 * size), bicubic, shorter side) + CenterCrop(size);
+  pixels float32 in [0, 1], no normalisation.
+* ``"cars"`` (class ``iCARS196_224``): train Resize((300, 300), bicubic) + RandomCrop(224) +
+  horizontal flip (p 0.5); test Resize(256, bicubic, shorter side) + CenterCrop(224); both
+  then ToTensor + Normalize(ImageNet mean / std). Sizes scale with ``size``: resize
+  round(size * 300 / 224) and round(size * 256 / 224). The normalisation happens here, on the
+  data side, as in the official code, so MIST's second view (mist_jax/augment.py) sees the
+  normalised images; pair it with ``model.preprocess = "none"``.
+
 Crop sampling, rounding and interpolation follow torchvision's PIL backend. Greyscale and
 RGBA inputs become RGB. Everything is deterministic given a ``np.random.Generator``.
 """
@@ -74,7 +84,9 @@ def random_resized_crop_params(height: int, width: int, scale, ratio,
 
 @dataclasses.dataclass(frozen=True)
 class TrainTransform:
-    """RandomResizedCrop(size, scale, ratio, bilinear) + horizontal flip with probability 0.5.
+    """RandomResizedCrop(size, scale, ratio, bilinear) + horizontal flip with probability 0.5,
+    then optional (x - mean) / std: the ``"default"`` training pipeline (official code
+    ``utils/data.py``, ``build_transform(is_train=True)``).
 
     Call: ``(images, rng) -> float32 [N, size, size, 3]`` with images a sequence of uint8
     [H, W(, C)] arrays and rng a ``np.random.Generator``.
@@ -104,7 +116,9 @@ class TrainTransform:
 
 @dataclasses.dataclass(frozen=True)
 class EvalTransform:
-    """Resize the shorter side to `resize` (bicubic), then centre-crop `size` x `size`.
+    """Resize the shorter side to `resize` (bicubic), centre-crop `size` x `size`, then optional
+    (x - mean) / std: the test pipeline of both ``"default"`` and ``"cars"`` (official code
+    ``utils/data.py``: ``build_transform(is_train=False)``, ``iCARS196_224.test_trsf``).
 
     `resize` defaults to int(256 / 224 * size) (256 for 224). Call:
     ``(images, rng=None) -> float32 [N, size, size, 3]``; rng is ignored (deterministic).
@@ -134,16 +148,87 @@ class EvalTransform:
 
 
 def train_transform(size: int, **kwargs) -> TrainTransform:
-    """The authors' training transform at `size` px (kwargs: scale, ratio, flip, mean, std)."""
+    """The ``"default"`` training transform at `size` px (kwargs: scale, ratio, flip, mean, std)."""
     return TrainTransform(size, **kwargs)
 
 
 def test_transform(size: int, **kwargs) -> EvalTransform:
-    """The authors' test transform at `size` px (kwargs: resize, mean, std)."""
+    """The ``"default"`` test transform at `size` px (kwargs: resize, mean, std)."""
     return EvalTransform(size, **kwargs)
 
 
 test_transform.__test__ = False  # Not a pytest test, despite the name.
+
+
+@dataclasses.dataclass(frozen=True)
+class ResizeCropTransform:
+    """Resize to `resize` x `resize` (bicubic, aspect ratio not kept), RandomCrop `size` x
+    `size`, horizontal flip with probability 0.5, then optional (x - mean) / std.
+
+    The Cars-196 training transform of the official code (``utils/data.py``, ``iCARS196_224``:
+    ``Resize((300, 300), interpolation=3)``, ``RandomCrop((224, 224))``,
+    ``RandomHorizontalFlip()``, ``ToTensor()``, ``Normalize(ImageNet mean, std)``). The crop
+    offset is uniform over the valid range, as torchvision's ``RandomCrop.get_params``.
+
+    Call: ``(images, rng) -> float32 [N, size, size, 3]`` with images a sequence of uint8
+    [H, W(, C)] arrays and rng a ``np.random.Generator``. Raises ValueError if resize < size.
+    """
+
+    size: int
+    resize: int
+    flip: bool = True
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def __call__(self, images: Sequence[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+        if self.resize < self.size:
+            raise ValueError(f"resize {self.resize} is smaller than the crop size {self.size}.")
+        out = []
+        for image in images:
+            image = to_rgb(image)
+            resized = np.asarray(Image.fromarray(image).resize((self.resize, self.resize),
+                                                               Image.BICUBIC))
+            top = int(rng.integers(0, self.resize - self.size + 1))
+            left = int(rng.integers(0, self.resize - self.size + 1))
+            crop = resized[top:top + self.size, left:left + self.size]
+            if self.flip and rng.random() < 0.5:
+                crop = crop[:, ::-1]
+            out.append(crop)
+        return _finish(out, self.mean, self.std)
+
+
+#: Names accepted by ``config.data.transform``.
+TRANSFORMS = ("default", "cars")
+
+
+def scaled(size: int, ref: int) -> int:
+    """round(size * ref / 224): a side the official code fixes at 224-px input, scaled to
+    `size` (300 -> 300 and 256 -> 256 at 224 px; 150 and 128 at 112 px)."""
+    return int(round(size * ref / 224))
+
+
+def get_transforms(data) -> tuple[TrainTransform | ResizeCropTransform, EvalTransform]:
+    """(train transform, test transform) for a ``config.data`` node.
+
+    Reads ``data.transform`` (``"default"`` if the field is absent), ``data.image_size`` and,
+    for ``"default"``, ``data.train_crop_scale``. ``"cars"``: train
+    ``ResizeCropTransform(size, scaled(size, 300))`` and test ``EvalTransform(size,
+    scaled(size, 256))``, both normalised with the ImageNet mean / std (official code
+    ``utils/data.py``, ``iCARS196_224``).
+
+    Raises:
+      ValueError: an unknown ``data.transform``, naming the valid choices.
+    """
+    name = getattr(data, "transform", "default")
+    size = data.image_size
+    if name == "default":
+        return train_transform(size, scale=tuple(data.train_crop_scale)), test_transform(size)
+    if name == "cars":
+        norm = dict(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+        return (ResizeCropTransform(size, scaled(size, 300), **norm),
+                EvalTransform(size, scaled(size, 256), **norm))
+    raise ValueError(f"Unknown data.transform {name!r}; choose one of {list(TRANSFORMS)} "
+                     "(e.g. --config.data.transform=cars for the Cars-196 pipeline).")
 
 
 def iterate_batches(image_set, indices, batch_size: int, transform, seed: int,
@@ -160,7 +245,8 @@ def iterate_batches(image_set, indices, batch_size: int, transform, seed: int,
       image_set: an ``ImageSet`` (sources.py).
       indices: int[n] sample indices into image_set.
       batch_size: B >= 1.
-      transform: ``(images, rng) -> float32 [B, size, size, 3]`` (TrainTransform, EvalTransform).
+      transform: ``(images, rng) -> float32 [B, size, size, 3]`` (TrainTransform,
+        ResizeCropTransform, EvalTransform).
       seed: random seed.
       shuffle: shuffle `indices` first.
       drop_last: drop a last batch smaller than B.
