@@ -3,7 +3,8 @@
 One module covers the three families mist-jax loads (``models/pretrained.py``): big_vision /
 AugReg ViTs, timm ViTs and DINOv2 (LayerScale). Pre-LN encoder blocks, a cls token, a learned
 position embedding and a final LayerNorm; the output is the CLS token after that LayerNorm
-(MIST_SPEC Sec. 1: "feature = CLS token after the final LayerNorm").
+(MIST Sec. 4; the official ``utils/inc_net.py`` builds ``timm.create_model(
+"vit_base_patch16_224_in21k", pretrained=True, num_classes=0)``, whose output is that token).
 
 Parameter tree (``D`` width, ``H`` heads, ``hd = D // H``, ``M`` MLP width, ``p`` patch, ``g`` grid)::
 
@@ -97,7 +98,8 @@ class EncoderBlock(nn.Module):
 
 
 class ViT(nn.Module):
-    """Vision Transformer returning the CLS feature (MIST_SPEC Sec. 1).
+    """Vision Transformer returning the CLS feature after the final LayerNorm (timm ViT with
+    ``num_classes=0``, the official code's backbone; MIST Sec. 4).
 
     Attributes:
       width: token width D. depth: number of encoder blocks. num_heads: attention heads

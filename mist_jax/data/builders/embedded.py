@@ -13,8 +13,8 @@ name                          classes  train / test     labels
 ============================  =======  ===============  =========================================
 
 Features: ``image`` uint8[28, 28, 1] (``tfds.features.Tensor``), ``label`` (``ClassLabel``).
-``mist_multi_domain`` is the default benchmark (OFFLINE_ASSETS.md: a 30-class stream with strong
-domain shift from the backbone's natural-image pre-training). The builders never download:
+``mist_multi_domain`` is the default benchmark (``docs/benchmarks.md``: a 30-class stream with
+strong domain shift from the backbone's natural-image pre-training). The builders never download:
 ``_split_generators`` ignores the download manager. Use ``prepare`` to build one on first use.
 """
 

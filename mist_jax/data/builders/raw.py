@@ -1,7 +1,7 @@
 """Readers of the offline image files behind the embedded benchmark (no network, ever).
 
 Each reader returns ``{"train": (images, labels), "test": (images, labels)}`` with images
-uint8[N, 28, 28] (grey) and labels int64[N] in [0, 10). Sources (OFFLINE_ASSETS.md):
+uint8[N, 28, 28] (grey) and labels int64[N] in [0, 10). Sources (``docs/benchmarks.md``):
 
 * Fashion-MNIST: Debian package ``dataset-fashion-mnist`` (MIT), IDX files under
     ``/usr/share/datasets/fashion-mnist``; official 60k / 10k split.
