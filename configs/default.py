@@ -32,7 +32,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.data.name = "mist_multi_domain"  # a TFDS name, an embedded builder, or folder:<root>
     c.data.data_dir = ""  # "" -> $MIST_JAX_DATA or ~/tensorflow_datasets
     c.data.manual_dir = ""
-    c.data.class_order_seed = 1993  # np.random.seed(1993); permutation(C) (MIST Sec. 4)
+    c.data.class_order_seed = 1993  # np.random.seed(1993); permutation(C) (docs/benchmarks.md)
     c.data.init_cls = 5
     c.data.increment = 5
     c.data.train_per_class = 60  # 0 = all images
@@ -58,9 +58,15 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.mist.epochs = 5  # MI epochs, scoring pass included (authors: 20)
     c.mist.batch_size = 32
     c.mist.select_rate = 0.1
+    # "official": quantiles over a block's fused q/k/v (timm's attn.qkv.weight), as the code;
+    # "leaf": each of q, k, v on its own (a deviation, docs/algorithm.md).
+    c.mist.selection_units = "official"
     c.mist.drop_rate = 0.9
     c.mist.overlap_decay = 0.9
-    c.mist.freeze_rate = 0.0005
+    # After each task, freeze per unit score >= quantile(score, 1 - freeze_rate): 0.0 = only the
+    # maximum, as the official SimpleCIL file; its RanPAC file uses 0.0005.
+    c.mist.freeze_rate = 0.0
+    c.mist.bookkeeping = True  # count overlaps and freeze after each task (docs/algorithm.md §8)
     c.mist.sparsity = "reference"  # reference (PyTorch SGD) | strict
     # Backbone lr picked on a validation split (scripts/validation_sweep.sh; README): 1e-5 beat
     # the authors' 1e-4, which moves this small backbone so far that old prototypes collapse.

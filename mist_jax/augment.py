@@ -1,6 +1,6 @@
 """Second-view augmentation for MIST's two-view MI objective, in JAX (jit-able, batched, keyed).
 
-Source: MIST Sec. 2.1 of /work/shared/MIST_SPEC.md; code models/simplecil_mist.py
+Source: docs/algorithm.md §3; code models/simplecil_mist.py
 (`simclr_aug = Sequential(HorizontalFlipLayer(), RandomColorGrayLayer(p=0.25),
 RandomResizedCropLayer(scale=(0.3, 1.0)))`) and utils/tao.py (grey = 0.299 R + 0.587 G +
 0.114 B; crop size sampled in up to 10 trials, falling back to the whole image).
@@ -70,7 +70,7 @@ def _resize_crop(image: jax.Array, top, left, ch, cw) -> jax.Array:
 
 
 def second_view(key: jax.Array, images: jax.Array) -> jax.Array:
-    """The extra augmentation x2 of x1 (MIST Sec. 2.1), independently per image.
+    """The extra augmentation x2 of x1 (docs/algorithm.md §3), independently per image.
 
     Horizontal flip (p = 0.5), grayscale (p = 0.25, luma 0.299/0.587/0.114 copied to all
     channels), then a random resized crop (scale (0.3, 1.0), ratio (3/4, 4/3)) bilinearly

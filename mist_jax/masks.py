@@ -1,12 +1,20 @@
 """Parameter selection for MIST: per-tensor top-quantile masks, coverage, task bookkeeping.
 
-Source: MIST Sec. 2.3 and 2.5 of /work/shared/MIST_SPEC.md; code models/simplecil_mist.py
+Source: docs/algorithm.md §5 and §8, and the official code models/{simplecil,ranpac}_mist.py
 (`_mist_run`: `torch.quantile(scores, 1 - select_rate)` per tensor, always-selected names,
-`overlap_mask += mask`, `frozen_masks |= ...` after the task).
+`overlap_mask += mask`, `frozen_masks |= ...` after the task); docs/algorithm.md maps each step.
+
+**Selection units.** The official code quantiles each PyTorch tensor of a timm ViT, where a
+block's query, key and value projections are ONE fused tensor (`attn.qkv.weight`, [3D, D]): the
+10% budget is shared by q, k and v, so one of them may get 25% and another 2%. mist-jax stores
+them as three leaves (`.../query/kernel`, `.../key/kernel`, `.../value/kernel`); with
+``units="official"`` (the default) every quantile here (selection, freezing, coverage) is taken
+over the three together, whatever the checkpoint's source. ``units="leaf"`` quantiles each leaf
+on its own (a deviation from the official code, documented in docs/algorithm.md).
 
 Paths are the "/"-joined dict keys of a pytree, e.g. "backbone/encoderblock_0/attn/query/kernel".
-All array functions here are jit-able when `select_rate`, `freeze_rate`, `exempt` and `kind` are
-static (they only shape the trace).
+All array functions here are jit-able when `select_rate`, `freeze_rate`, `exempt`, `units` and
+`kind` are static (they only shape the trace).
 """
 
 from __future__ import annotations
@@ -34,10 +42,13 @@ DEFAULT_EXEMPT: tuple[str, ...] = (
 )
 
 SELECTORS: tuple[str, ...] = ("fisher", "gradient", "magnitude", "random")
+UNITS: tuple[str, ...] = ("official", "leaf")
+#: Leaves fused into one unit under units="official": the q/k/v kernels sharing a prefix.
+_QKV = re.compile(r"^(.*/)?(query|key|value)/kernel$")
 
 
 class MistState(NamedTuple):
-    """What MIST carries from task to task (MIST Sec. 2.5; code `overlap_mask`, `frozen_masks`).
+    """What MIST carries from task to task (docs/algorithm.md §8; code `overlap_mask`, `frozen_masks`).
 
     Attributes:
       count: int32 pytree shaped like params: how many earlier tasks selected each element.
@@ -162,37 +173,84 @@ def quantile_threshold(x: jax.Array, q: float) -> jax.Array:
     return a + (b - a) * np.float32(g)
 
 
-def _check_rate(name: str, rate: float) -> None:
-    if not 0.0 < float(rate) <= 1.0:
-        raise ValueError(f"{name} must be in (0, 1], got {rate}; e.g. 0.1 for 10%.")
+def _check_rate(name: str, rate: float, low_inclusive: bool = False) -> None:
+    ok = (0.0 <= float(rate) <= 1.0) if low_inclusive else (0.0 < float(rate) <= 1.0)
+    if not ok:
+        interval = "[0, 1]" if low_inclusive else "(0, 1]"
+        raise ValueError(f"{name} must be in {interval}, got {rate}; e.g. 0.1 for 10%.")
+
+
+def _check_units(units: str) -> None:
+    if units not in UNITS:
+        raise ValueError(f"units must be one of {UNITS}, got {units!r}.")
+
+
+def unit_groups(tree: PyTree, exempt: Sequence[str] | None = DEFAULT_EXEMPT,
+                units: str = "official") -> list[tuple[str, list[int]]]:
+    """The selection units of `tree`: (unit name, leaf indices in tree order) per unit.
+
+    Exempt leaves belong to no unit. With ``units="official"`` the non-exempt
+    `<prefix>query/kernel`, `<prefix>key/kernel` and `<prefix>value/kernel` leaves form one unit
+    named `<prefix>qkv/kernel` (timm's fused `attn.qkv.weight`); every other leaf is its own
+    unit named by its path. With ``units="leaf"`` every non-exempt leaf is a unit.
+
+    Raises:
+      ValueError: unknown `units`.
+    """
+    _check_units(units)
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    skip = jax.tree.leaves(exempt_tree(tree, exempt))
+    groups: dict[str, list[int]] = {}
+    for i, ((path, _), is_exempt) in enumerate(zip(flat, skip)):
+        if is_exempt:
+            continue
+        name = path_str(path)
+        m = _QKV.match(name) if units == "official" else None
+        groups.setdefault(f"{m.group(1) or ''}qkv/kernel" if m else name, []).append(i)
+    return list(groups.items())
+
+
+def _unit_thresholds(scores: PyTree, q: float, exempt, units: str) -> list:
+    """Per leaf of `scores` (tree order): its unit's quantile(q) threshold, None if exempt."""
+    leaves = jax.tree.leaves(scores)
+    out: list = [None] * len(leaves)
+    for _, idx in unit_groups(scores, exempt, units):
+        joined = jnp.concatenate([jnp.ravel(leaves[i]) for i in idx]) if len(idx) > 1 \
+            else leaves[idx[0]]
+        t = quantile_threshold(joined, q)
+        for i in idx:
+            out[i] = t
+    return out
 
 
 def select_top(
-    scores: PyTree, select_rate: float, exempt: Sequence[str] | None = DEFAULT_EXEMPT
+    scores: PyTree, select_rate: float, exempt: Sequence[str] | None = DEFAULT_EXEMPT,
+    units: str = "official",
 ) -> PyTree:
-    """Per-tensor top-quantile mask: `score >= quantile(score, 1 - select_rate)` (MIST Sec. 2.3).
+    """Per-unit top-quantile mask: `score >= quantile(score, 1 - select_rate)` (docs/algorithm.md §5).
+
+    The quantile is taken per selection unit (module docstring): each tensor, with a block's
+    q/k/v kernels fused into one unit under ``units="official"`` as in the official code.
 
     Args:
       scores: float pytree (any shapes); higher = more important.
-      select_rate: static float in (0, 1]; fraction of each tensor to select (ties at the
+      select_rate: static float in (0, 1]; fraction of each unit to select (ties at the
         threshold are all selected, so slightly more may be).
       exempt: path regexes of tensors that are fully selected whatever their score.
+      units: "official" (fused q/k/v) or "leaf".
 
     Returns:
       bool pytree shaped like `scores`.
 
     Raises:
-      ValueError: select_rate outside (0, 1].
+      ValueError: select_rate outside (0, 1] or unknown units.
     """
     _check_rate("select_rate", select_rate)
-    q = 1.0 - float(select_rate)
-
-    def one(s, is_exempt):
-        if is_exempt:
-            return jnp.ones(jnp.shape(s), bool)
-        return s.astype(jnp.float32) >= quantile_threshold(s, q)
-
-    return jax.tree.map(one, scores, exempt_tree(scores, exempt))
+    leaves, treedef = jax.tree.flatten(scores)
+    thresholds = _unit_thresholds(scores, 1.0 - float(select_rate), exempt, units)
+    out = [jnp.ones(jnp.shape(s), bool) if t is None else s.astype(jnp.float32) >= t
+           for s, t in zip(leaves, thresholds)]
+    return jax.tree.unflatten(treedef, out)
 
 
 def random_scores(params: PyTree, seed: int = 0) -> PyTree:
@@ -218,8 +276,9 @@ def select(
     scores: PyTree | None = None,
     seed: int = 0,
     exempt: Sequence[str] | None = DEFAULT_EXEMPT,
+    units: str = "official",
 ) -> PyTree:
-    """Selection with the same per-tensor budget for every ablation selector (MIST Sec. 3).
+    """Selection with the same per-unit budget for every ablation selector (docs/algorithm.md §12).
 
     Args:
       kind: "fisher" or "gradient" (pass the matching `scores` from mist_jax.sensitivity),
@@ -230,12 +289,13 @@ def select(
       scores: score pytree (needed for "fisher" and "gradient").
       seed: PRNG seed for "random".
       exempt: path regexes of always-selected tensors.
+      units: selection units, "official" (fused q/k/v) or "leaf" (see `select_top`).
 
     Returns:
       bool pytree shaped like params/scores.
 
     Raises:
-      ValueError: unknown kind or a missing input.
+      ValueError: unknown kind or units, or a missing input.
     """
     if kind not in SELECTORS:
         raise ValueError(f"unknown selector {kind!r}; choose one of {SELECTORS}.")
@@ -254,20 +314,82 @@ def select(
         if shapes is None:
             raise ValueError("selector 'random' needs params= (or scores=) for the shapes.")
         chosen = random_scores(shapes, seed)
-    return select_top(chosen, select_rate, exempt)
+    return select_top(chosen, select_rate, exempt, units)
 
 
-def coverage(mask: PyTree) -> dict[str, tuple[int, int]]:
-    """Per-tensor selection counts (code `print_mask_coverage`).
+def coverage(mask: PyTree, units: str = "official") -> dict[str, tuple[int, int]]:
+    """Selection counts per selection unit (code `print_mask_coverage`).
 
     Args:
       mask: bool (or 0/1) pytree.
+      units: "official": a block's q/k/v kernels are reported as one entry `<prefix>qkv/kernel`
+        (timm's fused tensor); "leaf": one entry per leaf.
 
     Returns:
-      dict path -> (selected, total) as Python ints, in tree order. Host sync.
+      dict unit name -> (selected, total) as Python ints, in tree order. Host sync.
+
+    Raises:
+      ValueError: unknown units.
     """
-    flat, _ = jax.tree_util.tree_flatten_with_path(mask)
-    return {path_str(p): (int(jnp.sum(m)), int(np.prod(jnp.shape(m)))) for p, m in flat}
+    leaves = jax.tree.leaves(mask)
+    return {name: (sum(int(jnp.sum(leaves[i])) for i in idx),
+                   sum(int(np.prod(jnp.shape(leaves[i]))) for i in idx))
+            for name, idx in unit_groups(mask, None, units)}
+
+
+#: Kernel roles of an encoder block reported by `task_summary` (timm: qkv split, proj, fc1, fc2).
+ROLES = {"query/kernel": "q", "key/kernel": "k", "value/kernel": "v", "out/kernel": "proj",
+         "fc1/kernel": "fc1", "fc2/kernel": "fc2"}
+_BLOCK = re.compile(r"encoderblock_(\d+)/")
+
+
+def task_summary(mask: PyTree, scores: PyTree, count: PyTree,
+                 exempt: Sequence[str] | None = DEFAULT_EXEMPT) -> dict:
+    """What one task's selection looks like, JSON-ready (the mask plots of mist_jax.outputs).
+
+    Over the scored (non-exempt) leaves only. Host sync.
+
+    Args:
+      mask: bool pytree, this task's selection.
+      scores: float pytree, this task's sensitivity scores.
+      count: int pytree, earlier tasks' selection counts (before this task's bookkeeping).
+      exempt: path regexes of always-selected leaves (left out).
+
+    Returns:
+      dict with
+        ``block_selected``: {role: [percent of that kernel selected, per encoder block]} for
+          the roles q, k, v, proj, fc1, fc2 (under fused q/k/v selection q, k, v differ);
+        ``score_share``: {"embed": x, "blocks": [per block]}: fractions of the task's total
+          score (embed = leaves outside any encoder block: patch, cls, position);
+        ``overlap_histogram``: [number of this task's selected elements that c earlier tasks
+          had selected, for c = 0, 1, ...].
+    """
+    paths = jax.tree.leaves(tree_paths(mask))
+    skip = jax.tree.leaves(exempt_tree(mask, exempt))
+    m_l, s_l, c_l = jax.tree.leaves(mask), jax.tree.leaves(scores), jax.tree.leaves(count)
+    blocks = sorted({int(b.group(1)) for p in paths if (b := _BLOCK.search(p))})
+    selected = {r: [float("nan")] * len(blocks) for r in ROLES.values()}
+    share = {"embed": 0.0, "blocks": [0.0] * len(blocks)}
+    hist: list[int] = []
+    for path, is_exempt, m, sc, c in zip(paths, skip, m_l, s_l, c_l):
+        if is_exempt:
+            continue
+        b = _BLOCK.search(path)
+        role = next((r for suffix, r in ROLES.items() if path.endswith(suffix)), None)
+        if b and role:
+            selected[role][blocks.index(int(b.group(1)))] = 100.0 * float(jnp.mean(m))
+        total = float(jnp.sum(sc, dtype=jnp.float32))
+        if b:
+            share["blocks"][blocks.index(int(b.group(1)))] += total
+        else:
+            share["embed"] += total
+        counts = np.bincount(np.asarray(jax.device_get(c))[np.asarray(jax.device_get(m), bool)])
+        hist = [int(x) for x in np.pad(hist, (0, max(0, len(counts) - len(hist))))
+                + np.pad(counts, (0, max(0, len(hist) - len(counts))))]
+    norm = share["embed"] + sum(share["blocks"])
+    if norm > 0:
+        share = {"embed": share["embed"] / norm, "blocks": [x / norm for x in share["blocks"]]}
+    return {"block_selected": selected, "score_share": share, "overlap_histogram": hist}
 
 
 def overall_fraction(
@@ -310,37 +432,39 @@ def update_after_task(
     scores: PyTree,
     freeze_rate: float = 0.0005,
     exempt: Sequence[str] | None = DEFAULT_EXEMPT,
+    units: str = "official",
 ) -> MistState:
-    """Bookkeeping after a task (MIST Sec. 2.5): count += mask; frozen |= top freeze_rate.
+    """Bookkeeping after a task (docs/algorithm.md §8): count += mask; frozen |= top freeze_rate.
 
     For non-exempt leaves only: `count + mask` and
-    `frozen | (score >= quantile(score, 1 - freeze_rate))` per tensor. Exempt leaves are
-    returned unchanged (count 0, frozen False if they started so).
+    `frozen | (score >= quantile(score, 1 - freeze_rate))` per selection unit (q/k/v kernels
+    fused under ``units="official"``). Exempt leaves are returned unchanged (count 0, frozen
+    False if they started so). The two official files differ: RanPAC's freezes the top 0.05%
+    (`freeze_rate=0.0005`), SimpleCIL's `torch.quantile(s, 1)`, i.e. only each unit's maximum,
+    ties included (`freeze_rate=0.0`).
 
     Args:
       state: MistState from `init_mist_state` or a previous call.
       mask: bool pytree of this task's selection.
       scores: float pytree of this task's sensitivity scores.
-      freeze_rate: static float in (0, 1].
+      freeze_rate: static float in [0, 1]; 0 freezes only each unit's maximum.
       exempt: path regexes of always-selected tensors.
+      units: selection units, "official" (fused q/k/v) or "leaf".
 
     Returns:
       The new MistState.
 
     Raises:
-      ValueError: freeze_rate outside (0, 1].
+      ValueError: freeze_rate outside [0, 1] or unknown units.
     """
-    _check_rate("freeze_rate", freeze_rate)
-    q = 1.0 - float(freeze_rate)
-    ex = exempt_tree(state.count, exempt)
-
-    def count_fn(c, m, e):
-        return c if e else c + m.astype(jnp.int32)
-
-    def frozen_fn(f, s, e):
-        return f if e else f | (s.astype(jnp.float32) >= quantile_threshold(s, q))
-
-    return MistState(
-        count=jax.tree.map(count_fn, state.count, mask, ex),
-        frozen=jax.tree.map(frozen_fn, state.frozen, scores, ex),
-    )
+    _check_rate("freeze_rate", freeze_rate, low_inclusive=True)
+    thresholds = _unit_thresholds(scores, 1.0 - float(freeze_rate), exempt, units)
+    counts, treedef = jax.tree.flatten(state.count)
+    frozen = treedef.flatten_up_to(state.frozen)
+    mask_l, score_l = treedef.flatten_up_to(mask), treedef.flatten_up_to(scores)
+    new_count = [c if t is None else c + m.astype(jnp.int32)
+                 for c, m, t in zip(counts, mask_l, thresholds)]
+    new_frozen = [f if t is None else f | (s.astype(jnp.float32) >= t)
+                  for f, s, t in zip(frozen, score_l, thresholds)]
+    return MistState(count=jax.tree.unflatten(treedef, new_count),
+                     frozen=jax.tree.unflatten(treedef, new_frozen))

@@ -1,4 +1,4 @@
-"""One MIST adaptation of the backbone on one task (MIST Sec. 2; code models/*_mist.py `_mist_run`).
+"""One MIST adaptation of the backbone on one task (docs/algorithm.md §1; code models/*_mist.py `_mist_run`).
 
 score (epoch 1, no update) -> select -> sparse-tune with the MI loss (epochs 2..E) -> bookkeeping.
 The learner-independent piece the runner calls before each learner's fit; the original code
@@ -24,34 +24,59 @@ from mist_jax import augment, masks, objectives, optim, sensitivity, sharding
 PyTree = Any
 
 
-def make_loss_fn(model: nn.Module, preprocess: Callable, objective: str = "mi",
-                 temperature: float = 0.07, out_dim: int = 128) -> Callable:
-    """The MI training loss ``loss(params, batch) -> float32 scalar`` (MIST Sec. 2.1).
+def make_view_loss_fn(model: nn.Module, preprocess: Callable, objective: str = "mi",
+                      temperature: float = 0.07, out_dim: int = 128) -> Callable:
+    """The MI loss on given views: ``loss(params, (views, labels)) -> float32 scalar``.
 
-    ``params = {"backbone": ViT params, "head": Dense(out_dim) params}``; ``batch = (images
-    float32[B, S, S, 3] in [0, 1], labels int32[B], key)``. Two views [x; aug(x)] (2B images)
-    go through the backbone and the projection head; ``mi``/``supcon`` take the L2-normalised
-    projections, ``ce`` takes the head's output as logits over ``out_dim`` classes.
+    ``params = {"backbone": ViT params, "head": Dense(out_dim) params}``; ``views`` float32
+    [2B, S, S, 3] is [x; x2] (the batch, then its second views, as the official
+    ``torch.cat((inputs, simclr_aug(inputs)))``), ``labels`` int32[B]. The views go through
+    ``preprocess``, the backbone and the projection head; ``mi``/``supcon`` take the
+    L2-normalised projections (docs/algorithm.md §2, code ``Supervised_NT_xent_n``), ``ce`` takes the
+    head's output as logits over ``out_dim`` classes. Used directly where the views are given
+    (golden parity tests); ``make_loss_fn`` draws them.
     """
     head = nn.Dense(out_dim)
     loss = objectives.get_objective(objective)
 
     def loss_fn(params, batch):
-        images, labels, key = batch
-        views = augment.two_views(key, images)
+        views, labels = batch
         feats = model.apply({"params": params["backbone"]}, preprocess(views))
         out = head.apply({"params": params["head"]}, feats)
-        labels2 = jnp.concatenate([labels, labels])
         if objective == "ce":
-            return loss(out, labels2)
+            return loss(out, jnp.concatenate([labels, labels]))
         return loss(objectives.l2_normalize(out), labels, temperature)
 
     return loss_fn
 
 
+def make_loss_fn(model: nn.Module, preprocess: Callable, objective: str = "mi",
+                 temperature: float = 0.07, out_dim: int = 128) -> Callable:
+    """The MI training loss ``loss(params, batch) -> float32 scalar`` (docs/algorithm.md §2).
+
+    ``batch = (images float32[B, S, S, 3], labels int32[B], key)``: the second views are drawn
+    from ``key`` (``augment.two_views``), then ``make_view_loss_fn``'s loss is applied.
+    """
+    on_views = make_view_loss_fn(model, preprocess, objective, temperature, out_dim)
+
+    def loss_fn(params, batch):
+        images, labels, key = batch
+        return on_views(params, (augment.two_views(key, images), labels))
+
+    return loss_fn
+
+
 def init_head(key: jax.Array, feature_dim: int, out_dim: int) -> PyTree:
-    """Projection head Dense(out_dim) params (PyTorch nn.Linear-like init), kept across tasks."""
-    return nn.Dense(out_dim).init(key, jnp.zeros((1, feature_dim)))["params"]
+    """Projection head Dense(out_dim) params, kept across tasks (code ``SimpleVitNet.simclr``).
+
+    PyTorch ``nn.Linear``'s default init, as the official head: kernel float32[feature_dim,
+    out_dim] and bias float32[out_dim], both uniform in +-1/sqrt(feature_dim).
+    """
+    bound = 1.0 / np.sqrt(feature_dim)
+    dense = nn.Dense(out_dim, kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+                     bias_init=lambda k, shape, dtype=jnp.float32: jax.random.uniform(
+                         k, shape, dtype, -bound, bound))
+    return dense.init(key, jnp.zeros((1, feature_dim)))["params"]
 
 
 def _train_step(loss_fn: Callable, tx: optax.GradientTransformation) -> Callable:
@@ -68,6 +93,7 @@ def _train_step(loss_fn: Callable, tx: optax.GradientTransformation) -> Callable
 
 
 def _optimizer(cfg: Any, seed: int, mask=None, count=None, frozen=None):
+    """``config.mist`` -> ``optim.mist_optimizer`` for one task."""
     return optim.mist_optimizer(
         mask, count, frozen, sparsity=cfg.sparsity, drop_rate=cfg.drop_rate,
         overlap_decay=cfg.overlap_decay, seed=seed, learning_rate=cfg.learning_rate,
@@ -83,8 +109,9 @@ class Adapter:
 
     Args:
       loss_fn: from ``make_loss_fn``.
-      cfg: ``config.mist`` (selector, select_rate, drop_rate, overlap_decay, freeze_rate,
-        sparsity, epochs, learning rates, momentum, weight_decay, log_every).
+      cfg: ``config.mist`` (selector, select_rate, selection_units, drop_rate, overlap_decay,
+        freeze_rate, bookkeeping, sparsity, epochs, learning rates, momentum, weight_decay,
+        log_every).
       mesh: the ``sharding.MeshContext`` to run on (default: all devices, data parallel).
         ``adapt``'s batches must be laid out on it (``MeshContext.put_batch``).
     """
@@ -117,14 +144,16 @@ class Adapter:
           params: ``{"backbone", "head"}`` float32 pytree (not modified; a new one is returned).
           state: the ``MistState`` (count, frozen) from earlier tasks, shaped like ``params``.
           epoch_batches: ``epoch -> iterable of (images, labels, key)`` for epoch 0..E-1; epoch 0
-            is the scoring pass (MIST Sec. 2.4: it counts as the first of ``cfg.epochs``).
+            is the scoring pass (docs/algorithm.md §4: it counts as the first of ``cfg.epochs``).
           seed: seed of this task's stochastic drop and random selector.
           on_step: optional callback receiving a dict per step (epoch, step, loss, updated_fraction).
         Returns:
           ``(tuned params, new MistState, log)`` with log keys ``mi_loss_per_epoch`` (mean over
           each update epoch), ``selected_fraction`` (selected / total over scored backbone
           tensors), ``updated_fraction`` (mean fraction of backbone elements changed per step),
-          ``coverage`` ({path: percent selected}), ``steps``, ``images`` (images of the update
+          ``coverage`` ({selection unit: percent selected}, q/k/v fused as ``.../qkv/kernel``
+          under official units), ``block_selected``, ``score_share`` and
+          ``overlap_histogram`` (``masks.task_summary``), ``steps``, ``images`` (images of the update
           epochs; each gives two views), ``seconds`` and ``images_per_second`` (all epochs,
           scoring pass included).
         Raises:
@@ -139,7 +168,9 @@ class Adapter:
         counted = (scoring_images.append(len(b[1])) or b for b in epoch_batches(0))
         scores = score_fn(loss_fn, params, counted, frozen=state.frozen,
                           shardings=mesh.shardings(params))
-        mask = masks.select(cfg.selector, cfg.select_rate, params=params, scores=scores, seed=seed)
+        units = cfg.selection_units
+        mask = masks.select(cfg.selector, cfg.select_rate, params=params, scores=scores,
+                            seed=seed, units=units)
         tx = _optimizer(cfg, seed, mask, state.count, state.frozen)
         params = mesh.place(jax.tree.map(jnp.array, params))  # a private copy: the step donates it
         opt_state = mesh.place(tx.init(params))
@@ -162,19 +193,20 @@ class Adapter:
                                  "mist.learning_rate / mist.head_learning_rate or use float32.")
             losses.append(mean)
         backbone_scored = lambda k: k.startswith("backbone/")
-        report = masks.coverage(mask)
+        report = masks.coverage(mask, units)
         scored = {k: v for k, v in report.items() if backbone_scored(k)}
         log = {
             "mi_loss_per_epoch": losses,
             "selected_fraction": masks.overall_fraction(scored, masks.DEFAULT_EXEMPT),
             "updated_fraction": float(np.mean(jax.device_get(changed))) if changed else 0.0,
             "coverage": {k: 100.0 * s / t for k, (s, t) in scored.items()},
+            **masks.task_summary(mask, scores, state.count),
             "steps": steps,
             "images": images,
             "seconds": time.perf_counter() - t0,
         }
         log["images_per_second"] = (sum(scoring_images) + images) / max(log["seconds"], 1e-9)
-        if cfg.freeze_rate > 0:  # 0: no bookkeeping (dense fine-tuning reference)
+        if cfg.bookkeeping:  # False: the dense fine-tuning reference counts and freezes nothing
             state = masks.MistState(*mesh.place(tuple(
-                masks.update_after_task(state, mask, scores, cfg.freeze_rate))))
+                masks.update_after_task(state, mask, scores, cfg.freeze_rate, units=units))))
         return params, state, log

@@ -1,6 +1,6 @@
 """Training objectives of MIST: the supervised NT-Xent MI bound and ablation alternatives.
 
-Source: MIST Sec. 2.1 of /work/shared/MIST_SPEC.md; code utils/contrastive_learning.py
+Source: docs/algorithm.md §2; code utils/contrastive_learning.py
 (`normalize`, `get_similarity_matrix`, `Supervised_NT_xent_n`). Supervised contrastive loss:
 Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020, Eq. 2 (L_out).
 

@@ -1,6 +1,6 @@
 """MIST's sparse-tuning optimizer as optax transforms.
 
-Source: MIST Sec. 2.4 of /work/shared/MIST_SPEC.md; code models/simplecil_mist.py
+Source: docs/algorithm.md §6-7; code models/simplecil_mist.py
 (`masked_update`: grad *= mask * Bernoulli(1 - drop_rate), grad *= 0.9 ** count, frozen grads
 zeroed; then `optim.SGD(momentum=0.9, weight_decay=5e-4)` with lr 1e-4 for the backbone and 1e-2
 for the projection head).
@@ -23,6 +23,9 @@ Design:
   tested in tests/test_optim.py.
 - `sparsity="strict"` wraps the SGD chain so the live mask of the drop is reused to mask the
   final update: nothing is stored.
+- Injected drops. `update(grads, state, params, keep=tree)` (an optax extra argument) replaces
+  the step's draw with a given bool pytree shaped like params, e.g. the Bernoulli masks a
+  PyTorch run drew (the golden parity tests in tests/parity/).
 """
 
 from __future__ import annotations
@@ -127,15 +130,19 @@ class _Sparse(NamedTuple):
         table = np.concatenate([[0.0], self.overlap_decay ** np.arange(_MAX_COUNT + 1.0)])
         return jnp.asarray(table, jnp.float32)[code]
 
-    def step(self, state: SparseTuningState, updates: PyTree) -> tuple[PyTree, PyTree]:
-        """(masked gradients, live mask): live = selected, not frozen, kept by this step's draw."""
+    def step(self, state: SparseTuningState, updates: PyTree,
+             keep: PyTree | None = None) -> tuple[PyTree, PyTree]:
+        """(masked gradients, live mask): live = selected, not frozen, kept by this step's draw
+        (or by `keep`, a bool pytree shaped like `updates`, when given)."""
         leaves, treedef = jax.tree.flatten(updates)
         codes = treedef.flatten_up_to(state.code)
+        kept = [None] * len(leaves) if keep is None else treedef.flatten_up_to(keep)
         step_key = jax.random.fold_in(state.key, state.step)
         grads, live = [], []
-        for i, (g, c) in enumerate(zip(leaves, codes)):
-            keep = keep_mask(jax.random.fold_in(step_key, i), g.shape, 1.0 - self.drop_rate)
-            keep = keep & (c != 0)
+        for i, (g, c, k) in enumerate(zip(leaves, codes, kept)):
+            if k is None:
+                k = keep_mask(jax.random.fold_in(step_key, i), g.shape, 1.0 - self.drop_rate)
+            keep = jnp.asarray(k, bool) & (c != 0)
             scaled = g.astype(jnp.float32) * self.factor(c)
             grads.append(jnp.where(keep, scaled, 0.0).astype(g.dtype))
             live.append(keep)
@@ -159,7 +166,7 @@ def sparse_tuning(
     overlap_decay: float = 0.9,
     seed: int = 0,
 ) -> optax.GradientTransformation:
-    """MIST's gradient transform, chained before SGD (MIST Sec. 2.4; code `masked_update`).
+    """MIST's gradient transform, chained before SGD (docs/algorithm.md §6; code `masked_update`).
 
     g <- g * mask * Bernoulli(1 - drop_rate) * overlap_decay ** count, and exactly 0 where frozen.
     The Bernoulli draw is fresh per step and per element (also for always-selected tensors).
@@ -176,7 +183,9 @@ def sparse_tuning(
         instances under optax.multi_transform).
 
     Returns:
-      optax.GradientTransformation with `SparseTuningState`; `update` is jit-able.
+      optax.GradientTransformationExtraArgs with `SparseTuningState`; `update(grads, state,
+      params=None, keep=None)` is jit-able; `keep` (bool pytree shaped like params) replaces
+      the step's Bernoulli draw.
 
     Raises:
       ValueError: rates outside [0, 1]; in `init`, trees that do not match params.
@@ -187,12 +196,12 @@ def sparse_tuning(
 def _reference(cfg: _Sparse) -> optax.GradientTransformation:
     """The sparse-tuning gradient transform for a validated configuration."""
 
-    def update_fn(updates, state, params=None):
-        del params
-        new, _ = cfg.step(state, updates)
+    def update_fn(updates, state, params=None, *, keep=None, **extra_args):
+        del params, extra_args
+        new, _ = cfg.step(state, updates, keep)
         return new, state._replace(step=state.step + 1)
 
-    return optax.GradientTransformation(cfg.init, update_fn)
+    return optax.GradientTransformationExtraArgs(cfg.init, update_fn)
 
 
 def _strict(cfg: _Sparse, inner: optax.GradientTransformation) -> optax.GradientTransformation:
@@ -201,14 +210,15 @@ def _strict(cfg: _Sparse, inner: optax.GradientTransformation) -> optax.Gradient
     def init_fn(params):
         return StrictState(sparse=cfg.init(params), inner=inner.init(params))
 
-    def update_fn(updates, state, params=None):
-        grads, live = cfg.step(state.sparse, updates)
+    def update_fn(updates, state, params=None, *, keep=None, **extra_args):
+        del extra_args
+        grads, live = cfg.step(state.sparse, updates, keep)
         new, inner_state = inner.update(grads, state.inner, params)
         new = jax.tree.map(lambda u, l: jnp.where(l, u, jnp.zeros_like(u)), new, live)
         sparse_state = state.sparse._replace(step=state.sparse.step + 1)
         return new, StrictState(sparse=sparse_state, inner=inner_state)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def group_labels(head_pattern: str = r"(^|/)head/"):
@@ -263,7 +273,7 @@ def mist_optimizer(
     head_learning_rate: optax.ScalarOrSchedule = 1e-2,
     head_pattern: str = r"(^|/)head/",
 ) -> optax.GradientTransformation:
-    """The whole MIST update: `sparse_tuning` then `torch_sgd` (MIST Sec. 2.4).
+    """The whole MIST update: `sparse_tuning` then `torch_sgd` (docs/algorithm.md §6-7).
 
     `sparsity="reference"` (code behaviour): weight decay and momentum act on every element, so
     unselected weights drift. `sparsity="strict"`: the final update is also multiplied by the
@@ -274,7 +284,8 @@ def mist_optimizer(
       A params pytree without a head simply uses the backbone rate everywhere.
 
     Returns:
-      optax.GradientTransformation; call `update(grads, state, params)` inside the jitted step.
+      optax.GradientTransformationExtraArgs; call `update(grads, state, params)` inside the
+      jitted step (`keep=` injects the drop masks, see `sparse_tuning`).
 
     Raises:
       ValueError: unknown sparsity or rates outside [0, 1].
@@ -289,7 +300,7 @@ def mist_optimizer(
 
 
 def updated_fraction(before: PyTree, after: PyTree, exempt=None) -> jax.Array:
-    """Fraction of elements that changed between two parameter pytrees (MIST Sec. 2.4 claim).
+    """Fraction of elements that changed between two parameter pytrees (the paper's sparsity claim, docs/algorithm.md §7).
 
     Args:
       before, after: pytrees with the same structure and shapes (e.g. params["backbone"] before

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -100,29 +101,37 @@ def plot_acc_matrix(acc_matrix: list[list[float]], path: str | Path) -> None:
 
 
 def plot_mask_coverage(tasks: list[dict], path: str | Path) -> None:
-    """Selected % of the scored (non-exempt) backbone tensors, per block and task: the mean
-    over the block's tensors of each tensor's selected fraction (MIST selects per tensor)."""
-    import re
-
-    from mist_jax.masks import DEFAULT_EXEMPT
-
-    rows = [(t["task"], t["coverage"]) for t in tasks if t.get("coverage")]
+    """Three panels from each task's ``masks.task_summary`` numbers (also in results.json):
+    per block, the selected % of the q, k, v, proj, fc1 and fc2 kernels (mean over tasks, band
+    = min..max); per task, how many earlier tasks had selected the task's selected weights
+    (overlap histogram, as fractions); per task, each block's share of the total MI-Fisher score.
+    Does nothing when no task ran MIST."""
+    rows = [t for t in tasks if t.get("block_selected")]
     if not rows:
         return
-    groups: dict[str, list[str]] = {}
-    for k in rows[0][1]:
-        if not any(re.search(p, k) for p in DEFAULT_EXEMPT):
-            groups.setdefault(k.split("/")[1], []).append(k)
-    num = lambda n: (int(m.group()) if (m := re.search(r"\d+$", n)) else -1, n)
-    names = sorted(groups, key=num)
-    fig, ax = plt.subplots(figsize=(max(5, 0.35 * len(names)), 3.5))
-    for task, cov in rows:
-        ax.plot(range(len(names)), [sum(cov[k] for k in groups[n]) / len(groups[n]) for n in names],
-                marker=".", label=f"task {task}")
-    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
-    ax.set_ylabel("selected (%) of scored weights")
-    ax.set_ylim(bottom=0)
-    ax.legend(fontsize=7)
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 3.8))
+    for role in rows[0]["block_selected"]:
+        per_task = np.array([t["block_selected"][role] for t in rows], float)
+        x = np.arange(per_task.shape[1])
+        a.plot(x, per_task.mean(0), marker=".", label=role)
+        a.fill_between(x, per_task.min(0), per_task.max(0), alpha=0.15)
+    a.set(xlabel="encoder block", ylabel="selected (%) of the kernel",
+          title="selection per kernel (mean over tasks)")
+    a.set_ylim(bottom=0)
+    a.legend(fontsize=7, ncol=2)
+    width = 0.8 / len(rows)
+    for i, t in enumerate(rows):
+        h = np.asarray(t["overlap_histogram"], float)
+        b.bar(np.arange(len(h)) + i * width, h / max(h.sum(), 1), width, label=f"task {t['task']}")
+    b.set(xlabel="earlier tasks that selected the weight", ylabel="fraction of the selection",
+          title="overlap with earlier tasks' masks")
+    b.legend(fontsize=7)
+    for t in rows:
+        share = t["score_share"]
+        c.plot(range(len(share["blocks"])), share["blocks"], marker=".",
+               label=f"task {t['task']} (embed {100 * share['embed']:.1f}%)")
+    c.set(xlabel="encoder block", ylabel="share of the total score", title="MI-Fisher score per block")
+    c.legend(fontsize=7)
     _savefig(fig, Path(path))
 
 
@@ -141,7 +150,7 @@ def versions() -> dict:
 def finish(workdir: str | Path, config, record: dict) -> dict:
     """Write results.json, acc_matrix.png, mask_coverage.png and accuracy_curve.png.
 
-    Returns the results dict: the metrics of MIST_SPEC Sec. 5 (percent) under their exact
+    Returns the results dict: the metrics of docs/benchmarks.md (percent) under their exact
     names, the per-task log, the class order, the config and the versions.
     """
     workdir = Path(workdir)

@@ -1,6 +1,6 @@
 """Parameter sensitivity scores for MIST selection and its ablations.
 
-Source: MIST Sec. 2.2 of /work/shared/MIST_SPEC.md (MI-Fisher score); code
+Source: docs/algorithm.md §4 (MI-Fisher score); code
 models/simplecil_mist.py `_mist_run` (first epoch: `response_accumulator += grad ** 2`, frozen
 elements' gradients zeroed; the code's 1/len(loader)^2 scale does not change a per-tensor
 quantile and is dropped here).
@@ -85,7 +85,7 @@ def fisher_scores(
     loss_fn: LossFn, params: PyTree, batches: Iterable, frozen: PyTree | None = None,
     shardings: PyTree | None = None,
 ) -> PyTree:
-    """MI-Fisher sensitivity: sum over batches of the squared batch gradient (MIST Sec. 2.2).
+    """MI-Fisher sensitivity: sum over batches of the squared batch gradient (docs/algorithm.md §4).
 
     Args:
       loss_fn: pure function (params, batch) -> float scalar loss (e.g. the MI objective over two
@@ -109,7 +109,7 @@ def gradient_scores(
     loss_fn: LossFn, params: PyTree, batches: Iterable, frozen: PyTree | None = None,
     shardings: PyTree | None = None,
 ) -> PyTree:
-    """Gradient-magnitude ablation score: sum over batches of |batch gradient| (MIST Sec. 3).
+    """Gradient-magnitude ablation score: sum over batches of |batch gradient| (docs/algorithm.md §12).
 
     This is the sum of per-batch absolute gradients (not the absolute value of the summed
     gradient), the first-order analogue of `fisher_scores`, so opposite-signed batches do not
@@ -119,5 +119,5 @@ def gradient_scores(
 
 
 def magnitude_scores(params: PyTree) -> PyTree:
-    """Weight-magnitude ablation score |w| (MIST Sec. 3): float32 pytree shaped like params."""
+    """Weight-magnitude ablation score |w| (docs/algorithm.md §12): float32 pytree shaped like params."""
     return jax.tree.map(lambda w: jnp.abs(w).astype(jnp.float32), params)

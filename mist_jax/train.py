@@ -1,7 +1,7 @@
 """The class-incremental run: for each task, MIST (optional) then the learner, then evaluation.
 
 config -> splits -> per task t: [MIST adapt] -> features -> learner.fit_task -> evaluate ->
-checkpoint + outputs (ARCHITECTURE.md). All randomness of task t derives from
+checkpoint + outputs (docs/algorithm.md §1). All randomness of task t derives from
 ``(config.seed, t)``, so a run resumed from the checkpoint of task t-1 ends bit-identical to an
 uninterrupted one on CPU.
 
@@ -49,7 +49,7 @@ class TaskData:
 
 
 def load_data(cfg: ml_collections.ConfigDict) -> TaskData:
-    """Load the splits, fix the class order (MIST Sec. 4) and subsample per class.
+    """Load the splits, fix the class order (docs/benchmarks.md) and subsample per class.
 
     With ``data.eval_split == "validation"`` the evaluation images are a seeded 20% of each
     class's training images, and training uses the other 80% (hyperparameter search).
@@ -180,7 +180,7 @@ class Run:
         int32[B] labels[, PRNG key]).
 
         With ``seed``: shuffled by ``np.random.default_rng(seed)``, with the train transform
-        (MIST Sec. 4) of the image at shuffled position i drawn from
+        (docs/benchmarks.md) of the image at shuffled position i drawn from
         ``np.random.default_rng((seed, i))``; without: in order, with the deterministic test
         transform. Each process transforms only its own rows (``MeshContext.local_rows``).
         """
@@ -214,7 +214,7 @@ class Run:
             yield n, (out if key is None else out + (jax.random.fold_in(key, b),))
 
     def features(self, split: str, idx: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """float32[N, D] backbone features with the test transform (MIST Sec. 2.6)."""
+        """float32[N, D] backbone features with the test transform (docs/algorithm.md §9)."""
         images = self.data.train if split == "train" else self.data.test
         feats = [np.asarray(self._features(self.params["backbone"], x)) for x, _ in
                  self._batches(images, idx, labels, self.cfg.learner.eval_batch_size)]
@@ -293,7 +293,7 @@ class Run:
         rec["tasks"].append(task_log)
         rec["next_task"] = t + 1
         self.events.write({"event": "task_end", **{k: v for k, v in task_log.items()
-                                                   if k != "coverage"}}, step=t)
+                                                   if k not in _PER_TENSOR}}, step=t)
         logging.info("task %d classes [%d, %d): top1 %.2f  row %s", t, lo, hi, top1,
                      " ".join(f"{a:.1f}" for a in row))
         self.ckpt.save(t, self._state_tree(), rec)
@@ -313,6 +313,10 @@ class Run:
         top1 = metrics.topk_accuracy(logits, data.test_labels[sel], 1)
         top5 = metrics.topk_accuracy(logits, data.test_labels[sel], 5)
         return row, top1, top5
+
+
+#: Per-tensor task-log entries kept in results.json but not in the event log.
+_PER_TENSOR = ("coverage", "block_selected", "score_share", "overlap_histogram")
 
 
 class _NoLog:
@@ -340,5 +344,5 @@ def finetune_settings(mist_cfg: ml_collections.ConfigDict) -> ml_collections.Con
     cfg = mist_cfg.copy_and_resolve_references()
     with cfg.unlocked():
         cfg.update(objective="ce", selector="random", select_rate=1.0, drop_rate=0.0,
-                   overlap_decay=1.0, freeze_rate=0.0)
+                   overlap_decay=1.0, bookkeeping=False)
     return cfg

@@ -222,8 +222,79 @@ class BookkeepingTest(chex.TestCase):
     def test_bad_freeze_rate(self):
         params = random_tree(0)
         state = masks.init_mist_state(params)
-        with self.assertRaisesRegex(ValueError, "freeze_rate"):
-            masks.update_after_task(state, params, params, freeze_rate=0.0)
+        for bad in (-0.1, 1.5):
+            with self.assertRaisesRegex(ValueError, "freeze_rate"):
+                masks.update_after_task(state, params, params, freeze_rate=bad)
+
+    def test_freeze_rate_zero_freezes_only_the_maximum(self):
+        # The SimpleCIL file: frozen |= s >= torch.quantile(s, 1), i.e. s == max (ties too).
+        params = random_tree(0)
+        scores = random_tree(3, ties=True)
+        state = masks.update_after_task(masks.init_mist_state(params), params, scores, 0.0)
+        for k, s in flat(scores).items():
+            expect = np.zeros(s.shape, bool) if EXEMPT[k] else s == s.max()
+            np.testing.assert_array_equal(flat(state.frozen)[k], expect, err_msg=k)
+        fc1 = flat(state.frozen)["backbone/encoderblock_0/mlp/fc1/kernel"]
+        self.assertGreater(int(fc1.sum()), 1)  # ties at the maximum are all frozen
+
+
+def qkv_scores():
+    """One block whose q kernel holds the largest scores, k middling, v the smallest."""
+    rng = np.random.default_rng(7)
+    d, h, hd = 8, 2, 4
+    scale = {"query": 100.0, "key": 1.0, "value": 0.01}
+    attn = {n: {"kernel": jnp.asarray(scale[n] * rng.random((d, h, hd), np.float32)),
+                "bias": jnp.asarray(rng.random((h, hd), np.float32))} for n in scale}
+    attn["out"] = {"kernel": jnp.asarray(rng.random((h, hd, d), np.float32))}
+    return {"backbone": {"encoderblock_0": {"attn": attn}}}
+
+
+class FusedUnitsTest(parameterized.TestCase):
+    def test_official_units_fuse_qkv(self):
+        # timm's attn.qkv.weight [3D, D]: one quantile over q, k and v together.
+        scores = qkv_scores()
+        attn = scores["backbone"]["encoderblock_0"]["attn"]
+        fused = np.concatenate([np.ravel(attn[n]["kernel"]) for n in ("query", "key", "value")])
+        t = np.quantile(fused, 0.9)
+        mask = masks.select_top(scores, 0.1)
+        m = mask["backbone"]["encoderblock_0"]["attn"]
+        for n in ("query", "key", "value"):
+            np.testing.assert_array_equal(m[n]["kernel"], np.asarray(attn[n]["kernel"]) >= t)
+        # q dominates: it takes 30% of its own weights (the whole budget), k and v none.
+        shares = {n: float(np.mean(m[n]["kernel"])) for n in ("query", "key", "value")}
+        self.assertAlmostEqual(shares["query"], 0.3, delta=1 / 64)
+        self.assertEqual(shares["key"], 0.0)
+        self.assertEqual(shares["value"], 0.0)
+        # The out projection is its own unit: exactly its top 10%.
+        out = np.asarray(attn["out"]["kernel"])
+        np.testing.assert_array_equal(m["out"]["kernel"], out >= np.quantile(out, 0.9))
+        # Per-leaf selection (the deviation) gives each of q, k, v its own 10%.
+        leaf = masks.select_top(scores, 0.1, units="leaf")["backbone"]["encoderblock_0"]["attn"]
+        for n in ("query", "key", "value"):
+            self.assertAlmostEqual(float(np.mean(leaf[n]["kernel"])), 0.1, delta=1 / 64)
+
+    def test_official_units_in_bookkeeping_and_coverage(self):
+        scores = qkv_scores()
+        state = masks.init_mist_state(scores)
+        mask = masks.select_top(scores, 0.1)
+        state = masks.update_after_task(state, mask, scores, freeze_rate=0.0)
+        attn = scores["backbone"]["encoderblock_0"]["attn"]
+        frozen = state.frozen["backbone"]["encoderblock_0"]["attn"]
+        top = max(float(np.max(attn[n]["kernel"])) for n in ("query", "key", "value"))
+        # Only the fused unit's single maximum (in q) is frozen; k and v keep none.
+        self.assertEqual(int(np.sum(frozen["query"]["kernel"])), 1)
+        self.assertEqual(float(np.asarray(attn["query"]["kernel"])[frozen["query"]["kernel"]][0]),
+                         top)
+        self.assertFalse(np.any(frozen["key"]["kernel"]) or np.any(frozen["value"]["kernel"]))
+        report = masks.coverage(mask)
+        prefix = "backbone/encoderblock_0/attn/"
+        self.assertEqual(set(report), {prefix + k for k in (
+            "qkv/kernel", "out/kernel", "query/bias", "key/bias", "value/bias")})
+        self.assertEqual(report["backbone/encoderblock_0/attn/qkv/kernel"][1], 3 * 64)
+
+    def test_unknown_units(self):
+        with self.assertRaisesRegex(ValueError, "units"):
+            masks.select_top(qkv_scores(), 0.1, units="fused")
 
 
 if __name__ == "__main__":
