@@ -347,7 +347,8 @@ def task_summary(mask: PyTree, scores: PyTree, count: PyTree,
                  exempt: Sequence[str] | None = DEFAULT_EXEMPT) -> dict:
     """What one task's selection looks like, JSON-ready (the mask plots of mist_jax.outputs).
 
-    Over the scored (non-exempt) leaves only. Host sync.
+    Over the scored (non-exempt) leaves only. Host sync; only global reductions, so it also
+    works on arrays sharded over several processes (every process must call it).
 
     Args:
       mask: bool pytree, this task's selection.
@@ -358,7 +359,8 @@ def task_summary(mask: PyTree, scores: PyTree, count: PyTree,
     Returns:
       dict with
         ``block_selected``: {role: [percent of that kernel selected, per encoder block]} for
-          the roles q, k, v, proj, fc1, fc2 (under fused q/k/v selection q, k, v differ);
+          the roles q, k, v, proj, fc1, fc2 (None where a block has no such kernel; under
+          fused q/k/v selection q, k and v differ);
         ``score_share``: {"embed": x, "blocks": [per block]}: fractions of the task's total
           score (embed = leaves outside any encoder block: patch, cls, position);
         ``overlap_histogram``: [number of this task's selected elements that c earlier tasks
@@ -368,7 +370,7 @@ def task_summary(mask: PyTree, scores: PyTree, count: PyTree,
     skip = jax.tree.leaves(exempt_tree(mask, exempt))
     m_l, s_l, c_l = jax.tree.leaves(mask), jax.tree.leaves(scores), jax.tree.leaves(count)
     blocks = sorted({int(b.group(1)) for p in paths if (b := _BLOCK.search(p))})
-    selected = {r: [float("nan")] * len(blocks) for r in ROLES.values()}
+    selected: dict = {r: [None] * len(blocks) for r in ROLES.values()}
     share = {"embed": 0.0, "blocks": [0.0] * len(blocks)}
     hist: list[int] = []
     for path, is_exempt, m, sc, c in zip(paths, skip, m_l, s_l, c_l):
@@ -383,9 +385,11 @@ def task_summary(mask: PyTree, scores: PyTree, count: PyTree,
             share["blocks"][blocks.index(int(b.group(1)))] += total
         else:
             share["embed"] += total
-        counts = np.bincount(np.asarray(jax.device_get(c))[np.asarray(jax.device_get(m), bool)])
-        hist = [int(x) for x in np.pad(hist, (0, max(0, len(counts) - len(hist))))
-                + np.pad(counts, (0, max(0, len(hist) - len(counts))))]
+        # Global reductions only: leaves may be sharded over several processes.
+        top = int(jnp.max(jnp.where(m, c, 0)))
+        hist += [0] * (top + 1 - len(hist))
+        for k in range(top + 1):
+            hist[k] += int(jnp.sum(m & (c == k)))
     norm = share["embed"] + sum(share["blocks"])
     if norm > 0:
         share = {"embed": share["embed"] / norm, "blocks": [x / norm for x in share["blocks"]]}

@@ -292,6 +292,27 @@ class FusedUnitsTest(parameterized.TestCase):
             "qkv/kernel", "out/kernel", "query/bias", "key/bias", "value/bias")})
         self.assertEqual(report["backbone/encoderblock_0/attn/qkv/kernel"][1], 3 * 64)
 
+    def test_task_summary_by_hand(self):
+        b = lambda *x: jnp.array(x, bool)
+        mask = {"backbone": {"cls_token": b(True, False), "encoderblock_0": {"attn": {
+            "query": {"kernel": b([1, 1], [0, 1])}, "key": {"kernel": b([0, 0], [0, 1])},
+            "query_bias_like": {"bias": b(True, True)}}}}}
+        count = {"backbone": {"cls_token": jnp.array([0, 3]), "encoderblock_0": {"attn": {
+            "query": {"kernel": jnp.array([[0, 2], [1, 2]])},
+            "key": {"kernel": jnp.array([[0, 0], [0, 1]])},
+            "query_bias_like": {"bias": jnp.array([5, 5])}}}}}
+        scores = {"backbone": {"cls_token": jnp.array([4.0, 0.0]), "encoderblock_0": {"attn": {
+            "query": {"kernel": jnp.full((2, 2), 3.0)}, "key": {"kernel": jnp.ones((2, 2))},
+            "query_bias_like": {"bias": jnp.array([100.0, 100.0])}}}}}
+        got = masks.task_summary(mask, scores, count)
+        self.assertEqual(got["block_selected"]["q"], [75.0])
+        self.assertEqual(got["block_selected"]["k"], [25.0])
+        self.assertEqual(got["block_selected"]["v"], [None])
+        # Selected scored elements with 0, 1, 2 earlier selections (the exempt bias is left out).
+        self.assertEqual(got["overlap_histogram"], [2, 1, 2])
+        self.assertAlmostEqual(got["score_share"]["embed"], 4 / 20)
+        self.assertAlmostEqual(got["score_share"]["blocks"][0], 16 / 20)
+
     def test_unknown_units(self):
         with self.assertRaisesRegex(ValueError, "units"):
             masks.select_top(qkv_scores(), 0.1, units="fused")
