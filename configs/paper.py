@@ -1,4 +1,4 @@
-r"""Shared settings of the paper's ten runs (MIST Sec. 4; each learner's official file).
+r"""Shared settings of the paper's ten runs (docs/benchmarks.md; each learner's official file).
 
 Not a config file by itself: ``configs/paper_<learner>_<dataset>.py`` call ``paper_config``.
 Sources: the official code github.com/zhwhu/MIST (``exps/{simplecil,ranpac}_mist/*.json``,

@@ -1,4 +1,4 @@
-r"""RanPAC + MIST on Cars-196 (9 tasks of 20 + one of 16), ViT-B/16 IN21k AugReg (MIST Sec. 4).
+r"""RanPAC + MIST on Cars-196 (9 tasks of 20 + one of 16), ViT-B/16 IN21k AugReg (docs/benchmarks.md).
 
 Command::
 

@@ -1,4 +1,4 @@
-r"""RanPAC + MIST on CIFAR-100 (10 tasks of 10), ViT-B/16 IN21k AugReg (MIST Sec. 4).
+r"""RanPAC + MIST on CIFAR-100 (10 tasks of 10), ViT-B/16 IN21k AugReg (docs/benchmarks.md).
 
 Command::
 

@@ -1,4 +1,4 @@
-r"""SimpleCIL + MIST on CUB-200 (10 tasks of 20), ViT-B/16 IN21k AugReg (MIST Sec. 4).
+r"""SimpleCIL + MIST on CUB-200 (10 tasks of 20), ViT-B/16 IN21k AugReg (docs/benchmarks.md).
 
 Command::
 

@@ -1,4 +1,4 @@
-"""Data layer: offline sources, class-incremental splits, transforms (MIST Sec. 1, 4)."""
+"""Data layer: offline sources, class-incremental splits, transforms (docs/benchmarks.md)."""
 
 from mist_jax.data.sources import ImageSet, LazyImages, default_data_dir, load_dataset
 from mist_jax.data.splits import (

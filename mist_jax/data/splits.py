@@ -1,6 +1,6 @@
 """Class-incremental splits: class order, label remapping, tasks, seeded per-class subsets.
 
-MIST Sec. 4 / code utils/data_manager.py (DataManager._setup_data, __init__). All functions are
+docs/benchmarks.md / code utils/data_manager.py (DataManager._setup_data, __init__). All functions are
 pure numpy on host: index bookkeeping, not math that needs jit.
 """
 
@@ -151,7 +151,7 @@ def per_class_subsample(labels: np.ndarray, n_per_class: int, seed: int) -> np.n
 
 def per_class_split(labels: np.ndarray, fraction: float = 0.8,
                     seed: int = DEFAULT_ORDER_SEED) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded per-class train/test split (for test-only sets such as ImageNet-R/A, MIST Sec. 4).
+    """Seeded per-class train/test split (for test-only sets such as ImageNet-R/A, docs/benchmarks.md).
 
     Each class's samples are shuffled with one `np.random.default_rng(seed)` (classes in
     increasing label order); the first round(fraction * n_c) go to train, the rest to test.

@@ -1,7 +1,7 @@
 """Image transforms of the authors' code and a seeded batch iterator (numpy + PIL, host side).
 
 Two pipelines, picked by ``config.data.transform`` through ``get_transforms`` (official code
-``utils/data.py``; MIST Sec. 4):
+``utils/data.py``; docs/benchmarks.md):
 
 * ``"default"`` (``build_transform``, used by CIFAR-100, ImageNet-R/A, CUB):
   train RandomResizedCrop(size, scale=(0.05, 1), ratio=(3/4, 4/3), bilinear) + horizontal

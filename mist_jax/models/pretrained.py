@@ -15,7 +15,7 @@ Three sources load into the same parameter tree (see ``mist_jax.models.vit``):
 Every source is checked leaf by leaf against the shapes the inferred ``ViT`` expects, so a
 wrong file fails with the key, the expected and found shapes and the likely cause.
 
-The paper's backbone (MIST Sec. 4; the official code's ``pretrained_vit_b16_224_in21k``) is
+The paper's backbone (docs/benchmarks.md; the official code's ``pretrained_vit_b16_224_in21k``) is
 timm 0.6.12's ``vit_base_patch16_224_in21k``, whose weights are the AugReg checkpoint
 ``B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz`` (Steiner et al. 2021,
 "How to train your ViT?"), not the 2020 ``ViT-B_16.npz`` (Dosovitskiy et al. 2020). The 2020
@@ -63,7 +63,7 @@ def preprocess_inception(images):
 
 def preprocess_identity(images):
     """No normalisation: pixels stay in [0, 1], as the authors' MIST code feeds its timm
-    ViT-B/16 in21k (MIST Sec. 4; official ``utils/data.py`` ``build_transform``), or the images
+    ViT-B/16 in21k (docs/benchmarks.md; official ``utils/data.py`` ``build_transform``), or the images
     were already normalised on the data side (``data.transform = "cars"``).
 
     Args: images float[..., 3]. Returns them unchanged."""

@@ -3,7 +3,7 @@
 One module covers the three families mist-jax loads (``models/pretrained.py``): big_vision /
 AugReg ViTs, timm ViTs and DINOv2 (LayerScale). Pre-LN encoder blocks, a cls token, a learned
 position embedding and a final LayerNorm; the output is the CLS token after that LayerNorm
-(MIST Sec. 4; the official ``utils/inc_net.py`` builds ``timm.create_model(
+(docs/benchmarks.md; the official ``utils/inc_net.py`` builds ``timm.create_model(
 "vit_base_patch16_224_in21k", pretrained=True, num_classes=0)``, whose output is that token).
 
 Parameter tree (``D`` width, ``H`` heads, ``hd = D // H``, ``M`` MLP width, ``p`` patch, ``g`` grid)::
@@ -99,7 +99,7 @@ class EncoderBlock(nn.Module):
 
 class ViT(nn.Module):
     """Vision Transformer returning the CLS feature after the final LayerNorm (timm ViT with
-    ``num_classes=0``, the official code's backbone; MIST Sec. 4).
+    ``num_classes=0``, the official code's backbone; docs/benchmarks.md).
 
     Attributes:
       width: token width D. depth: number of encoder blocks. num_heads: attention heads
