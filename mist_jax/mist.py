@@ -114,11 +114,20 @@ class Adapter:
         log_every).
       mesh: the ``sharding.MeshContext`` to run on (default: all devices, data parallel).
         ``adapt``'s batches must be laid out on it (``MeshContext.put_batch``).
+
+    Raises:
+      ValueError: an unknown ``selection_units`` or a ``freeze_rate`` outside [0, 1].
     """
 
     def __init__(self, loss_fn: Callable, cfg: Any, mesh: sharding.MeshContext | None = None):
         self.loss_fn, self.cfg = loss_fn, cfg
         self.mesh = mesh or sharding.MeshContext(sharding.make_mesh())
+        if cfg.selection_units not in masks.UNITS:  # fail now, not after task 0's scoring pass
+            raise ValueError(f"mist.selection_units must be one of {masks.UNITS}, got "
+                             f"{cfg.selection_units!r}.")
+        if not 0.0 <= cfg.freeze_rate <= 1.0:
+            raise ValueError(f"mist.freeze_rate must be in [0, 1], got {cfg.freeze_rate}; 0.0 "
+                             "freezes each unit's maximum (SimpleCIL file), 0.0005 is RanPAC's.")
         self._step = _train_step(loss_fn, _optimizer(cfg, 0))
         self._compiled: dict = {}
 

@@ -113,6 +113,7 @@ class Run:
         self.progress = progress and self.writer
         self._bar = None
         self.mesh = sharding.from_config(cfg)
+        transforms.get_transforms(cfg.data)  # a bad data.transform fails here, not mid-task
         self.data = load_data(cfg)
         self.model, backbone, self.preprocess = build_backbone(cfg)
         num_classes = self.data.train.num_classes

@@ -52,6 +52,12 @@ def test_run_writes_all_outputs_with_spec_metric_names(tmp_path):
     task = on_disk["tasks"][0]
     assert task["selected_fraction"] == pytest.approx(0.1, abs=0.01)
     assert 0 < task["updated_fraction"] <= 1 and len(task["mi_loss_per_epoch"]) == 1
+    # The mask summary of the plots is in results.json: one value per block (tiny ViT: 2).
+    assert {len(v) for v in task["block_selected"].values()} == {2}
+    assert sum(task["score_share"]["blocks"]) + task["score_share"]["embed"] == pytest.approx(1)
+    assert len(task["overlap_histogram"]) == 1  # task 0: nothing selected before
+    assert len(on_disk["tasks"][1]["overlap_histogram"]) >= 1
+    assert any(k.endswith("attn/qkv/kernel") for k in task["coverage"])  # fused official unit
     assert results["last_accuracy"] == on_disk["top1_curve"][-1]
     events = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
     assert [e["task"] for e in events if e["event"] == "task_end"] == [0, 1]
@@ -81,6 +87,14 @@ def test_missing_dataset_fails_fast_with_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="cifar100"):
         train.Run(smoke(**{"data.name": "cifar100", "data.data_dir": str(tmp_path)}),
                   tmp_path / "w", progress=False)
+
+
+@pytest.mark.parametrize("key,value", [("mist.selection_units", "fused"),
+                                       ("mist.freeze_rate", -0.5), ("data.transform", "carz")])
+def test_bad_values_fail_before_any_work(tmp_path, key, value):
+    with pytest.raises(ValueError, match=key.split(".")[1]):
+        train.Run(smoke(**{key: value}), tmp_path / "w", progress=False)
+    assert not (tmp_path / "w" / "checkpoints").exists()
 
 
 def test_cli_runs_and_rejects_misspelt_keys(tmp_path):
