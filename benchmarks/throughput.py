@@ -118,7 +118,8 @@ def worker(args) -> dict:
     loss_fn = mist.make_loss_fn(model, lambda x: x)
     cfg = ml_collections.ConfigDict(dict(
         sparsity="reference", drop_rate=0.9, overlap_decay=0.9, learning_rate=1e-4,
-        momentum=0.9, weight_decay=5e-4, head_learning_rate=1e-2))
+        momentum=0.9, weight_decay=5e-4, head_learning_rate=1e-2, selection_units="official",
+        freeze_rate=0.0))
     adapter = mist.Adapter(loss_fn, cfg, ctx)
     p_sh = ctx.shardings(params)
 
