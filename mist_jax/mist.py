@@ -73,9 +73,10 @@ def init_head(key: jax.Array, feature_dim: int, out_dim: int) -> PyTree:
     out_dim] and bias float32[out_dim], both uniform in +-1/sqrt(feature_dim).
     """
     bound = 1.0 / np.sqrt(feature_dim)
-    dense = nn.Dense(out_dim, kernel_init=nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
-                     bias_init=lambda k, shape, dtype=jnp.float32: jax.random.uniform(
-                         k, shape, dtype, -bound, bound))
+    kernel_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")  # +-1/sqrt(in)
+    bias_init = lambda k, shape, dtype=jnp.float32: jax.random.uniform(k, shape, dtype, -bound,
+                                                                       bound)
+    dense = nn.Dense(out_dim, kernel_init=kernel_init, bias_init=bias_init)
     return dense.init(key, jnp.zeros((1, feature_dim)))["params"]
 
 
