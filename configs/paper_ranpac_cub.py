@@ -9,13 +9,8 @@ Needs the backbone file (see mist_jax.models.pretrained.NAMED) and the TFDS data
 file lists). ``configs/paper_ranpac_cub.py:runlocal`` shrinks it to check the plumbing.
 Add ``--config.mist.enabled=False`` for the same learner without MIST.
 
-Settings: ``configs/paper.py`` and the official ``exps/ranpac_mist/cub_ranpac_mist.json``.
-Official file ``models/ranpac_mist.py``: batch 56 (read from the JSON); after each
-task it freezes the top 0.05% Fisher scores of every weight tensor
-(``torch.quantile(s, 1 - 0.0005)``; ``mist.freeze_rate = 0.0005``).
-Pixels: ``data.transform = "default"`` (RandomResizedCrop(224, scale (0.05, 1)) + flip;
-test Resize(256) + CenterCrop(224)), [0, 1] without normalisation
-(``model.preprocess = "none"``), as ``utils/data.py`` ``build_transform``.
+Settings: ``configs/paper.py`` (its freeze-rule, batch-size and pixel notes for
+RanPAC) and the official ``exps/ranpac_mist/cub_ranpac_mist.json``.
 
 Published numbers: see the paper's main table (arXiv 2505.19943); the official repository
 publishes logs for ImageNet-R only, so no curve is quoted here.

@@ -9,15 +9,8 @@ Needs the backbone file (see mist_jax.models.pretrained.NAMED) and the TFDS data
 file lists). ``configs/paper_simplecil_cars.py:runlocal`` shrinks it to check the plumbing.
 Add ``--config.mist.enabled=False`` for the same learner without MIST.
 
-Settings: ``configs/paper.py`` and the official ``exps/simplecil_mist/cars_simplecil.json``.
-Official file ``models/simplecil_mist.py``: after each task it freezes only each weight
-tensor's maximum Fisher score (``torch.quantile(s, 1)``, ties included;
-``mist.freeze_rate = 0.0``); batch 56, as its published log shows, not the module's
-``batch_size=32`` (evidence in ``configs/paper.py``).
-Pixels: ``data.transform = "cars"`` (Resize((300, 300), bicubic) + RandomCrop(224) + flip;
-test Resize(256) + CenterCrop(224); both normalised with the ImageNet mean / std on the
-data side, so MIST's second view sees normalised images) and
-``model.preprocess = "none"``, as ``utils/data.py`` ``iCARS196_224``.
+Settings: ``configs/paper.py`` (its freeze-rule, batch-size and pixel notes for
+SimpleCIL) and the official ``exps/simplecil_mist/cars_simplecil.json``.
 
 Published numbers: see the paper's main table (arXiv 2505.19943); the official repository
 publishes logs for ImageNet-R only, so no curve is quoted here.

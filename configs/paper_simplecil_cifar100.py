@@ -9,14 +9,8 @@ Needs the backbone file (see mist_jax.models.pretrained.NAMED) and the TFDS data
 file lists). ``configs/paper_simplecil_cifar100.py:runlocal`` shrinks it to check the plumbing.
 Add ``--config.mist.enabled=False`` for the same learner without MIST.
 
-Settings: ``configs/paper.py`` and the official ``exps/simplecil_mist/cifar_simplecil.json``.
-Official file ``models/simplecil_mist.py``: after each task it freezes only each weight
-tensor's maximum Fisher score (``torch.quantile(s, 1)``, ties included;
-``mist.freeze_rate = 0.0``); batch 56, as its published log shows, not the module's
-``batch_size=32`` (evidence in ``configs/paper.py``).
-Pixels: ``data.transform = "default"`` (RandomResizedCrop(224, scale (0.05, 1)) + flip;
-test Resize(256) + CenterCrop(224)), [0, 1] without normalisation
-(``model.preprocess = "none"``), as ``utils/data.py`` ``build_transform``.
+Settings: ``configs/paper.py`` (its freeze-rule, batch-size and pixel notes for
+SimpleCIL) and the official ``exps/simplecil_mist/cifar_simplecil.json``.
 
 Published numbers: see the paper's main table (arXiv 2505.19943); the official repository
 publishes logs for ImageNet-R only, so no curve is quoted here.
