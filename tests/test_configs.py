@@ -1,4 +1,4 @@
-"""Every config file loads, is locked, and the paper configs follow the official code
+"""Every config file loads, is locked, and configs/paper.py follows the official code
 (github.com/zhwhu/MIST: exps/*/*.json, models/{simplecil,ranpac}_mist.py, utils/data.py)."""
 
 import importlib.util
@@ -19,53 +19,112 @@ def load(path):
     return mod
 
 
-@pytest.mark.parametrize("path", [p for p in CONFIGS if p.stem != "paper"], ids=lambda p: p.stem)
+#: Arguments that build each config file (the text after ":" in --config FILE:ARG).
+ARGS = {"paper": "dataset=cub,learner=ranpac"}
+PAPER_RUNS = [(d, l) for d in SPEC_SPLITS for l in ("simplecil", "ranpac")]
+
+
+def paper(arg):
+    return load(next(p for p in CONFIGS if p.stem == "paper")).get_config(arg)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_config_is_locked_and_documented(path):
     mod = load(path)
-    cfg = mod.get_config()
+    cfg = mod.get_config(ARGS.get(path.stem, ""))
     assert "python -m mist_jax.main --config configs/" in mod.__doc__
     with pytest.raises(AttributeError, match="locked"):
         cfg.mist.selct_rate = 0.05
-    if path.stem.startswith("paper_"):
-        _, learner, dataset = path.stem.split("_", 2)
-        name, inc = SPEC_SPLITS[dataset]
-        assert (cfg.data.name, cfg.data.init_cls, cfg.data.increment) == (name, inc, inc)
-        assert cfg.learner.name == learner and cfg.mist.enabled and cfg.mist.tasks == "all"
-        assert (cfg.mist.select_rate, cfg.mist.drop_rate, cfg.mist.epochs) == (0.1, 0.9, 20)
-        assert (cfg.mist.learning_rate, cfg.mist.head_learning_rate) == (1e-4, 1e-2)
-        assert cfg.data.image_size == 224 and cfg.data.class_order_seed == 1993
-        assert mod.get_config("runlocal").data.train_per_class == 4
-        # The AugReg ViT-B/16 in21k (timm 0.6.12 vit_base_patch16_224_in21k), fed [0, 1]
-        # pixels, or data-side ImageNet mean / std for Cars: never normalised in the model.
-        assert cfg.model.source == "vit_base_patch16_224_in21k"
-        assert cfg.model.preprocess == "none"
-        assert cfg.data.transform == ("cars" if dataset == "cars" else "default")
-        # Freeze rule of each learner's file: ranpac_mist.py torch.quantile(s, 1 - 0.0005),
-        # simplecil_mist.py torch.quantile(s, 1) (each tensor's maximum).
-        assert cfg.mist.freeze_rate == {"ranpac": 0.0005, "simplecil": 0.0}[learner]
-        # 56: ranpac's JSON; simplecil's published log (configs/paper.py docstring).
-        assert cfg.mist.batch_size == 56
 
 
-def test_imagenet_r_configs_quote_the_published_numbers():
-    for learner, avg in (("ranpac", "85.10"), ("simplecil", "80.95")):
-        mod = load(next(p for p in CONFIGS if p.stem == f"paper_{learner}_imagenet_r"))
-        assert avg in mod.__doc__
+@pytest.mark.parametrize("dataset,learner", PAPER_RUNS, ids=[f"{d}-{l}" for d, l in PAPER_RUNS])
+def test_paper_config_follows_the_official_files(dataset, learner):
+    cfg = paper(f"dataset={dataset},learner={learner}")
+    with pytest.raises(AttributeError, match="locked"):
+        cfg.mist.selct_rate = 0.05
+    name, inc = SPEC_SPLITS[dataset]
+    assert (cfg.data.name, cfg.data.init_cls, cfg.data.increment) == (name, inc, inc)
+    assert cfg.learner.name == learner and cfg.mist.enabled and cfg.mist.tasks == "all"
+    assert (cfg.mist.select_rate, cfg.mist.drop_rate, cfg.mist.epochs) == (0.1, 0.9, 20)
+    assert (cfg.mist.learning_rate, cfg.mist.head_learning_rate) == (1e-4, 1e-2)
+    assert cfg.data.image_size == 224 and cfg.data.class_order_seed == 1993
+    assert (cfg.data.train_per_class, cfg.data.test_per_class) == (0, 0)
+    # The AugReg ViT-B/16 in21k (timm 0.6.12 vit_base_patch16_224_in21k), fed [0, 1]
+    # pixels, or data-side ImageNet mean / std for Cars: never normalised in the model.
+    assert cfg.model.source == "vit_base_patch16_224_in21k"
+    assert cfg.model.preprocess == "none"
+    assert cfg.data.transform == ("cars" if dataset == "cars" else "default")
+    # Freeze rule of each learner's file: ranpac_mist.py torch.quantile(s, 1 - 0.0005),
+    # simplecil_mist.py torch.quantile(s, 1) (each tensor's maximum).
+    assert cfg.mist.freeze_rate == {"ranpac": 0.0005, "simplecil": 0.0}[learner]
+    # 56: ranpac's JSON; simplecil's published log (configs/paper.py docstring).
+    assert cfg.mist.batch_size == 56
+
+
+@pytest.mark.parametrize("flag", ["runlocal", "runlocal=True", " runlocal = true "])
+def test_paper_runlocal_shrinks_only_the_sizes(flag):
+    full = paper("dataset=cub,learner=simplecil")
+    small = paper(f"dataset=cub,learner=simplecil,{flag}")
+    assert (small.data.train_per_class, small.data.test_per_class) == (4, 4)
+    assert small.mist.epochs < full.mist.epochs and small.mist.batch_size < full.mist.batch_size
+    assert small.data.name == full.data.name and small.mist.freeze_rate == full.mist.freeze_rate
+    assert paper("dataset=cub,learner=simplecil,runlocal=false").to_dict() == full.to_dict()
+
+
+def test_paper_config_documents_every_run_and_the_published_numbers():
+    doc = load(next(p for p in CONFIGS if p.stem == "paper")).__doc__
+    for dataset in SPEC_SPLITS:
+        assert f"dataset={dataset}" in doc
+    for learner, avg, last in (("ranpac", "85.10", "81.00"), ("simplecil", "80.95", "75.20")):
+        assert avg in doc and last in doc
+    assert "configs/paper.py:dataset=imagenet_r,learner=ranpac --workdir" in doc
 
 
 def test_named_paper_backbone_is_the_augreg_checkpoint():
     from mist_jax.models.pretrained import NAMED
-    mod = load(next(p for p in CONFIGS if p.stem == "paper_ranpac_cifar100"))
     assert "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz" in \
-        NAMED[mod.get_config().model.source]
+        NAMED[paper("dataset=cifar100,learner=ranpac").model.source]
 
 
-def test_paper_config_rejects_unknown_names():
-    paper_config = load(next(p for p in CONFIGS if p.stem == "paper")).paper_config
-    for args, match in ((("svhn", "ranpac"), "cifar100"), (("cub", "l2p"), "simplecil"),
-                        (("cub", "ranpac", "big"), "runlocal")):
-        with pytest.raises(ValueError, match=match):
-            paper_config(*args)
+@pytest.mark.parametrize("arg,match", [
+    ("", r"needs dataset=<cifar100 \| cub .*got no dataset"),
+    ("learner=ranpac", "got no dataset"),
+    ("dataset=cub", r"learner=<ranpac \| simplecil>.*got no learner"),
+    ("dataset=svhn,learner=ranpac", "cifar100.*got unknown dataset 'svhn'"),
+    ("dataset=cub,learner=l2p", "simplecil.*got unknown learner 'l2p'"),
+    ("dataset=cub,learner=ranpac,big", "Unknown config argument 'big'.*dataset, learner, runlocal"),
+    ("dataset=cub,learner=ranpac,seed=3", "valid keys: dataset, learner, runlocal"),
+    ("dataset=cub,learner=ranpac,runlocal=maybe", "flag"),
+    ("dataset,learner=ranpac", "needs a value"),
+    ("dataset=cub,dataset=cars,learner=ranpac", "twice"),
+])
+def test_paper_config_rejects_bad_arguments(arg, match):
+    with pytest.raises(ValueError, match=match):
+        paper(arg)
+
+
+def test_paper_config_through_config_flags():
+    """``--config configs/paper.py:ARG`` hands ARG to get_config; overrides stay checked."""
+    from absl import flags
+    from ml_collections import config_flags
+    path = next(p for p in CONFIGS if p.stem == "paper")
+
+    def parse(*args):
+        argv = ["prog", *args]
+        fv = flags.FlagValues()
+        holder = config_flags.DEFINE_config_file("config", None, "", flag_values=fv,
+                                                 lock_config=True, sys_argv=argv)
+        fv(argv)
+        return holder.value
+
+    cfg = parse(f"--config={path}:dataset=imagenet_r,learner=ranpac,runlocal",
+                "--config.mist.select_rate=0.05")
+    assert (cfg.data.name, cfg.learner.name, cfg.mist.select_rate) == ("imagenet_r", "ranpac", 0.05)
+    assert cfg.data.train_per_class == 4
+    with pytest.raises(flags.IllegalFlagValueError, match="valid keys: dataset, learner"):
+        parse(f"--config={path}:dataset=cub,learner=ranpac,foo=1")
+    with pytest.raises(AttributeError, match="select_rate"):
+        parse(f"--config={path}:dataset=cub,learner=ranpac", "--config.mist.selct_rate=1")
 
 
 #: Notes that live outside the repository (spelt in pieces so this file does not match itself).
