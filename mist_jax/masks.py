@@ -253,14 +253,15 @@ def select_top(
     return jax.tree.unflatten(treedef, out)
 
 
-def random_scores(params: PyTree, seed: int = 0) -> PyTree:
-    """Uniform [0, 1) float32 scores shaped like `params`, one fold_in(seed key, leaf index) each.
+def random_scores(params: PyTree, seed: int | jax.Array = 0) -> PyTree:
+    """Uniform [0, 1) float32 scores shaped like `params`, one fold_in(key, leaf index) each
+    (key: `seed` if it is a PRNG key, else ``jax.random.key(seed)``).
 
     Used by the "random" selector: `select_top(random_scores(...), rate)` picks a random subset
     of the same per-tensor size as the other selectors.
     """
     leaves, treedef = jax.tree.flatten(params)
-    key = jax.random.key(seed)
+    key = seed if isinstance(seed, jax.Array) else jax.random.key(seed)
     out = [
         jax.random.uniform(jax.random.fold_in(key, i), jnp.shape(x), jnp.float32)
         for i, x in enumerate(leaves)
@@ -274,7 +275,7 @@ def select(
     *,
     params: PyTree | None = None,
     scores: PyTree | None = None,
-    seed: int = 0,
+    seed: int | jax.Array = 0,
     exempt: Sequence[str] | None = DEFAULT_EXEMPT,
     units: str = "official",
 ) -> PyTree:
@@ -287,7 +288,7 @@ def select(
       select_rate: static float in (0, 1].
       params: parameter pytree (needed for "magnitude"; shapes for "random").
       scores: score pytree (needed for "fisher" and "gradient").
-      seed: PRNG seed for "random".
+      seed: PRNG seed or key for "random".
       exempt: path regexes of always-selected tensors.
       units: selection units, "official" (fused q/k/v) or "leaf" (see `select_top`).
 

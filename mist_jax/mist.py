@@ -145,7 +145,7 @@ class Adapter:
         return self._compiled[key]
 
     def adapt(self, params: PyTree, state: masks.MistState,
-              epoch_batches: Callable[[int], Iterable], seed: int,
+              epoch_batches: Callable[[int], Iterable], seed: int | jax.Array,
               on_step: Callable[[dict], None] | None = None
               ) -> tuple[PyTree, masks.MistState, dict]:
         """Run MIST on one task.
@@ -155,7 +155,7 @@ class Adapter:
           state: the ``MistState`` (count, frozen) from earlier tasks, shaped like ``params``.
           epoch_batches: ``epoch -> iterable of (images, labels, key)`` for epoch 0..E-1; epoch 0
             is the scoring pass (docs/algorithm.md §4: it counts as the first of ``cfg.epochs``).
-          seed: seed of this task's stochastic drop and random selector.
+          seed: int seed or PRNG key of this task's stochastic drop and random selector.
           on_step: optional callback receiving a dict per step (epoch, step, loss, updated_fraction).
         Returns:
           ``(tuned params, new MistState, log)`` with log keys ``mi_loss_per_epoch`` (mean over

@@ -39,6 +39,7 @@ import numpy as np
 import optax
 
 from mist_jax import masks as masks_lib
+from mist_jax import seeds
 
 PyTree = Any
 SPARSITY_MODES = ("reference", "strict")
@@ -107,7 +108,7 @@ class _Sparse(NamedTuple):
     frozen: PyTree
     drop_rate: float
     overlap_decay: float
-    seed: int
+    seed: Any  # int seed or PRNG key
 
     def init(self, params: PyTree) -> SparseTuningState:
         mask = masks_lib.expand_prefix(self.mask, params, True)
@@ -120,7 +121,7 @@ class _Sparse(NamedTuple):
 
         return SparseTuningState(
             step=jnp.zeros([], jnp.int32),
-            key=jax.random.PRNGKey(self.seed),
+            key=seeds.raw_key(self.seed),
             code=jax.tree.map(code, mask, count, frozen),
         )
 
@@ -154,7 +155,7 @@ def _make_sparse(mask, count, frozen, drop_rate, overlap_decay, seed) -> _Sparse
         raise ValueError(f"drop_rate must be in [0, 1], got {drop_rate}; MIST uses 0.9.")
     if not 0.0 <= float(overlap_decay) <= 1.0:
         raise ValueError(f"overlap_decay must be in [0, 1], got {overlap_decay}; MIST uses 0.9.")
-    return _Sparse(mask, count, frozen, float(drop_rate), float(overlap_decay), int(seed))
+    return _Sparse(mask, count, frozen, float(drop_rate), float(overlap_decay), seed)
 
 
 def sparse_tuning(
@@ -178,7 +179,7 @@ def sparse_tuning(
       frozen: bool pytree / prefix / None (= False).
       drop_rate: probability that a selected gradient element is dropped in a step.
       overlap_decay: per-earlier-selection gradient factor.
-      seed: PRNG seed; leaf i at step t uses fold_in(fold_in(PRNGKey(seed), t), i), where i is
+      seed: int PRNG seed or a PRNG key; leaf i at step t uses fold_in(fold_in(key, t), i), where i is
         the leaf's index in the tree this transform sees (use distinct seeds if you put two
         instances under optax.multi_transform).
 

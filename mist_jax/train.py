@@ -1,9 +1,9 @@
 """The class-incremental run: for each task, MIST (optional) then the learner, then evaluation.
 
 config -> splits -> per task t: [MIST adapt] -> features -> learner.fit_task -> evaluate ->
-checkpoint + outputs (docs/algorithm.md §1). All randomness of task t derives from
-``(config.seed, t)``, so a run resumed from the checkpoint of task t-1 ends bit-identical to an
-uninterrupted one on CPU.
+checkpoint + outputs (docs/algorithm.md §1). All randomness of task t derives from seed
+sequences ``(config.seed, stream, t, ...)`` (mist_jax/seeds.py), so a run resumed from the
+checkpoint of task t-1 ends bit-identical to an uninterrupted one on CPU.
 
 Scale-out (mist_jax/sharding.py): everything runs on the ``config.mesh`` device mesh with
 ``jax.jit`` shardings; each process transforms only its rows of every global batch (train
@@ -27,11 +27,11 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from mist_jax import masks, metrics, mist, outputs, sharding
+from mist_jax import masks, metrics, mist, outputs, seeds, sharding
 from mist_jax.checkpoint import RunCheckpointer
-from mist_jax.data import sources, splits, transforms
+from mist_jax.data import get_preprocess, sources, splits, transforms
 from mist_jax.learners import compensate_drift, get_learner
-from mist_jax.models import get_preprocess, load_pretrained, tiny_vit
+from mist_jax.models import load_pretrained, tiny_vit
 
 
 @dataclass
@@ -60,7 +60,7 @@ def load_data(cfg: ml_collections.ConfigDict) -> TaskData:
     train = sources.load_dataset(d.name, "train", **kw)
     order = splits.class_order(train.num_classes, d.class_order_seed)
     if d.eval_split == "validation":
-        tr, va = splits.per_class_split(train.labels, 0.8, seed=cfg.seed)
+        tr, va = splits.per_class_split(train.labels, 0.8, seed=seeds.sequence(cfg.seed, "split"))
         test, test_pool = train, va
         train_pool = tr
     elif d.eval_split == "test":
@@ -72,7 +72,8 @@ def load_data(cfg: ml_collections.ConfigDict) -> TaskData:
     def pick(labels, pool, n):
         if not n:
             return pool
-        return pool[splits.per_class_subsample(labels[pool], n, seed=cfg.seed)]
+        return pool[splits.per_class_subsample(labels[pool], n,
+                                               seed=seeds.sequence(cfg.seed, "subsample"))]
 
     train_idx = pick(train.labels, train_pool, d.train_per_class)
     test_idx = pick(test.labels, test_pool, d.test_per_class)
@@ -91,7 +92,7 @@ def build_backbone(cfg: ml_collections.ConfigDict):
     if m.source == "tiny":
         model = tiny_vit(image_size=cfg.data.image_size, **kw)
         x = jnp.zeros((1, cfg.data.image_size, cfg.data.image_size, 3))
-        params = jax.jit(model.init)(jax.random.key(cfg.seed), x)["params"]  # 1 compile, not 1/op
+        params = jax.jit(model.init)(seeds.key(cfg.seed, "backbone"), x)["params"]  # 1 compile, not 1/op
     else:
         model, params = load_pretrained(m.source, image_size=cfg.data.image_size, **kw)
     return model, params, get_preprocess(m.preprocess)
@@ -120,7 +121,7 @@ class Run:
         self.finetune = cfg.learner.name == "finetune"
         mist_cfg = finetune_settings(cfg.mist) if self.finetune else cfg.mist
         out_dim = num_classes if mist_cfg.objective == "ce" else mist_cfg.proj_dim
-        head = mist.init_head(jax.random.key(cfg.seed + 1), self.model.width, out_dim)
+        head = mist.init_head(seeds.key(cfg.seed, "head"), self.model.width, out_dim)
         self.params = self.mesh.place({"backbone": backbone, "head": head})
         self.mist_state = masks.MistState(*self.mesh.place(tuple(
             masks.init_mist_state(self.params))))
@@ -128,7 +129,7 @@ class Run:
             raise ValueError("learner.drift_compensation moves class prototypes and applies to "
                              f"learner.name='simplecil' only, not {cfg.learner.name!r}.")
         self.learner = get_learner(cfg.learner.name, **_learner_kwargs(cfg, num_classes))
-        self.learner_state = self.learner.init(jax.random.key(cfg.seed + 2), self.model.width)
+        self.learner_state = self.learner.init(seeds.key(cfg.seed, "learner"), self.model.width)
         self.adapter = None
         if cfg.mist.enabled or self.finetune:
             loss_fn = mist.make_loss_fn(self.model, self.preprocess, mist_cfg.objective,
@@ -176,13 +177,14 @@ class Run:
 
     # ----------------------------------------------------------------- data
     def _batches(self, images: sources.ImageSet, idx: np.ndarray, labels: np.ndarray, batch: int,
-                 seed: int | None = None, key: jax.Array | None = None, desc: str | None = None):
+                 seed: tuple[int, ...] | None = None, key: jax.Array | None = None,
+                 desc: str | None = None):
         """Global batches on the mesh, prefetched 2 deep: (float32[B, S, S, 3] images in [0, 1],
         int32[B] labels[, PRNG key]).
 
-        With ``seed``: shuffled by ``np.random.default_rng(seed)``, with the train transform
-        (docs/benchmarks.md) of the image at shuffled position i drawn from
-        ``np.random.default_rng((seed, i))``; without: in order, with the deterministic test
+        With ``seed = (config.seed, t, e)``: shuffled by ``seeds.rng(config.seed, "order", t, e)``,
+        with the train transform (docs/benchmarks.md) of the image at shuffled position i drawn
+        from ``seeds.rng(config.seed, "transform", t, e, i)``; without: in order, with the test
         transform. Each process transforms only its own rows (``MeshContext.local_rows``).
         """
         host = self._host_batches(images, idx, labels, batch, seed, key, desc)
@@ -194,7 +196,8 @@ class Run:
         if seed is None:
             order, transform = np.arange(len(idx)), test_transform
         else:
-            order = np.random.default_rng(seed).permutation(len(idx))
+            run_seed, *task_epoch = seed
+            order = seeds.rng(run_seed, "order", *task_epoch).permutation(len(idx))
             transform = train_transform
         starts = range(0, len(idx), batch)
         if desc is not None:
@@ -209,7 +212,7 @@ class Run:
             if seed is None:
                 x = transform(picked)
             else:
-                x = np.concatenate([transform([im], np.random.default_rng((seed, int(p))))
+                x = np.concatenate([transform([im], seeds.rng(run_seed, "transform", *task_epoch, p))
                                     for im, p in zip(picked, pos)])
             out = (x, labels[sel].astype(np.int32))
             yield n, (out if key is None else out + (jax.random.fold_in(key, b),))
@@ -262,14 +265,13 @@ class Run:
                                                  or self.finetune)
         if use_mist:
             before = self.features("train", idx, labels) if cfg.learner.drift_compensation else None
-            key = jax.random.fold_in(jax.random.key(cfg.seed), t)
             bs = cfg.mist.batch_size
             epoch_batches = lambda e: self._batches(
-                data.train, idx, labels, bs, seed=cfg.seed * 100003 + t * 101 + e,
-                key=jax.random.fold_in(key, e),
+                data.train, idx, labels, bs, seed=(cfg.seed, t, e),
+                key=seeds.key(cfg.seed, "views", t, e),
                 desc=f"task {t} MI epoch {e + 1}/{cfg.mist.epochs}" + (" (scoring)" if e == 0 else ""))
             self.params, self.mist_state, log = self.adapter.adapt(
-                self.params, self.mist_state, epoch_batches, seed=cfg.seed * 1000 + t,
+                self.params, self.mist_state, epoch_batches, seed=seeds.key(cfg.seed, "drop", t),
                 on_step=lambda row: self._on_step(t, row))
             self._backbone_version += 1
             task_log.update(log)

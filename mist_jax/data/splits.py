@@ -121,7 +121,7 @@ def seen_indices(labels: np.ndarray, num_seen: int) -> np.ndarray:
     return task_indices(labels, (0, num_seen))
 
 
-def per_class_subsample(labels: np.ndarray, n_per_class: int, seed: int) -> np.ndarray:
+def per_class_subsample(labels: np.ndarray, n_per_class: int, seed) -> np.ndarray:
     """At most `n_per_class` samples of each class, drawn without replacement, seeded.
 
     Classes with fewer samples keep all of theirs. One `np.random.default_rng(seed)` draws the
@@ -130,7 +130,7 @@ def per_class_subsample(labels: np.ndarray, n_per_class: int, seed: int) -> np.n
     Args:
         labels: int[N] labels (original or remapped).
         n_per_class: samples kept per class, >= 1.
-        seed: random seed.
+        seed: random seed: an int or a sequence of ints (``seeds.sequence``).
 
     Returns:
         int64[n] sorted sample indices.
@@ -150,7 +150,7 @@ def per_class_subsample(labels: np.ndarray, n_per_class: int, seed: int) -> np.n
 
 
 def per_class_split(labels: np.ndarray, fraction: float = 0.8,
-                    seed: int = DEFAULT_ORDER_SEED) -> tuple[np.ndarray, np.ndarray]:
+                    seed=DEFAULT_ORDER_SEED) -> tuple[np.ndarray, np.ndarray]:
     """Seeded per-class train/test split (for test-only sets such as ImageNet-R/A, docs/benchmarks.md).
 
     Each class's samples are shuffled with one `np.random.default_rng(seed)` (classes in
@@ -159,7 +159,7 @@ def per_class_split(labels: np.ndarray, fraction: float = 0.8,
     Args:
         labels: int[N] labels.
         fraction: share of each class for train, in (0, 1).
-        seed: random seed.
+        seed: random seed: an int or a sequence of ints (``seeds.sequence``).
 
     Returns:
         (train, test): two disjoint sorted int64 index arrays covering 0..N-1.
