@@ -6,9 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax.traverse_util import flatten_dict
 
+from mist_jax.data import get_preprocess
 from mist_jax.models import ViT, load_pretrained, resample_pos_embed, save_npz, tiny_vit
-from mist_jax.models.pretrained import flatten, get_preprocess
 
 
 # --------------------------------------------------------------------------- numpy reference
@@ -102,13 +103,13 @@ def test_vit_rejects_wrong_image_size():
 def test_embedded_dinov2_matches_onnxruntime():
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
-    from mist_jax.models.pretrained import _onnx_path
+    from mist_jax.models.convert.onnx_dinov2 import onnx_path
 
     model, params = load_pretrained("dinov2_vits14_imgfocus", image_size=224)
     assert (model.width, model.depth, model.num_heads, model.patch_size, model.layerscale) == (
         384, 12, 6, 14, True)
     assert sum(x.size for x in jax.tree_util.tree_leaves(params)) == pytest.approx(21.6e6, rel=0.01)
-    graph = onnx.load(str(_onnx_path()))
+    graph = onnx.load(str(onnx_path()))
     name = "/backbone/layernorm/Add_1_output_0"  # final LayerNorm output, all tokens
     graph.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     sess = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -199,9 +200,10 @@ def test_native_npz_round_trip(tmp_path):
     save_npz(params, tmp_path / "w.npz")
     model2, params2 = load_pretrained(str(tmp_path / "w.npz"))
     assert model2.layerscale and model2.num_heads == 2 and model2.mlp_dim == 64
-    assert flatten(params).keys() == flatten(params2).keys()
-    for k, v in flatten(params).items():
-        np.testing.assert_array_equal(v, flatten(params2)[k])
+    flat, flat2 = flatten_dict(params, sep="/"), flatten_dict(params2, sep="/")
+    assert flat.keys() == flat2.keys()
+    for k, v in flat.items():
+        np.testing.assert_array_equal(v, flat2[k])
 
 
 def _big_vision_flat(params):

@@ -24,9 +24,11 @@ import optax
 import pytest
 
 from mist_jax import masks, mist, optim, sensitivity
+from mist_jax.data.preprocess import preprocess_identity
 from mist_jax.learners import RanPAC, SimpleCIL
 from mist_jax.learners import ranpac as ranpac_lib
 from mist_jax.models import pretrained
+from mist_jax.models.convert.timm import from_timm
 
 GOLDEN = Path(__file__).parent / "golden"
 FREEZE_RATE = {"simplecil": 0.0, "ranpac": 0.0005}  # quantile(s, 1) vs quantile(s, 1 - 0.0005)
@@ -58,7 +60,7 @@ class Golden:
     def tree(self, flat: dict) -> dict:
         """timm-named arrays (any dtype) -> {"backbone": mist-jax ViT tree, "head": Dense}."""
         backbone = {k: v for k, v in flat.items() if not k.startswith("simclr.")}
-        return {"backbone": pretrained._from_timm(backbone, self.meta["heads"]),
+        return {"backbone": from_timm(backbone, self.meta["heads"]),
                 "head": {"kernel": flat["simclr.weight"].T, "bias": flat["simclr.bias"]}}
 
     def images(self, key: str, t: int) -> np.ndarray:
@@ -112,7 +114,7 @@ def run_mist_jax(g: Golden) -> dict:
     """Both tasks of MIST + the learner in mist-jax on the golden inputs."""
     params0, _ = g.before(0)
     model = pretrained.infer_vit(params0["backbone"])
-    loss_fn = mist.make_view_loss_fn(model, pretrained.preprocess_identity, temperature=0.07)
+    loss_fn = mist.make_view_loss_fn(model, preprocess_identity, temperature=0.07)
     loss_jit = jax.jit(loss_fn)
     feat_fn = jax.jit(lambda p, x: model.apply({"params": p}, x))
     nt, cpt = g.meta["tasks"], g.meta["classes_per_task"]
