@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mist_jax import augment, masks, objectives, optim, sensitivity
+from mist_jax import augment, masks, objectives, optim, sensitivity, trees
 from mist_jax.models.vit import ViT
 
 
@@ -94,11 +94,11 @@ def main():
     count = jax.tree.map(
         lambda p, exempt: jnp.zeros(p.shape, jnp.int32) if exempt
         else jax.random.randint(k_cnt, p.shape, 0, 3, jnp.int32),
-        params, masks.exempt_tree(params))
+        params, trees.exempt_tree(params, masks.DEFAULT_EXEMPT))
     frozen = masks.select_top(masks.random_scores(params, seed=1), 0.0005)
 
     optimizers = {
-        "dense": optim.torch_sgd(),
+        "dense": optim.inner_optimizer("sgd"),
         "mist reference": optim.mist_optimizer(mask, count, frozen, sparsity="reference"),
         "mist strict": optim.mist_optimizer(mask, count, frozen, sparsity="strict"),
     }

@@ -3,7 +3,7 @@
 For each device count n, a fresh process builds a ("data", "fsdp") mesh of n devices
 (mist_jax/sharding.py) and times, after compilation, with the batch already on the devices:
   scoring   one MI-Fisher pass (sensitivity.fisher_scores: grad + squared accumulate)
-  mist step the jitted sparse-tuning step of mist.Adapter (two views, MI loss, masked SGD)
+  mist step the jitted sparse-tuning step of mist.Tuner (two views, MI loss, masked SGD)
   features  the jitted feature extraction of train.Run (test-time forward)
 FLOPs per call come from XLA's cost analysis of the unpartitioned program; MFU = FLOPs / time /
 (n x peak) with the dense bf16 peak of the accelerator (none on CPU, where only TFLOP/s is shown).
@@ -119,19 +119,20 @@ def worker(args) -> dict:
     cfg = ml_collections.ConfigDict(dict(
         sparsity="reference", drop_rate=0.9, overlap_decay=0.9, learning_rate=1e-4,
         momentum=0.9, weight_decay=5e-4, head_learning_rate=1e-2, selection_units="official",
-        freeze_rate=0.0))
-    adapter = mist.Adapter(loss_fn, cfg, ctx)
+        freeze_rate=0.0, optimizer="sgd"))
+    tuner = mist.Tuner(loss_fn, cfg, params, ctx)
     p_sh = ctx.shardings(params)
 
     def score():
         jax.block_until_ready(sensitivity.fisher_scores(loss_fn, params, [batch], shardings=p_sh))
 
     mask = masks.select("random", 0.1, params=params, seed=0)
-    tx = mist._optimizer(cfg, 0, mask)  # pylint: disable=protected-access
+    state = masks.init_mist_state(params)
     carry = [ctx.place(jax.tree.map(jnp.array, params)), None]
-    carry[1] = ctx.place(tx.init(carry[0]))
-    step = adapter._step_fn(carry[0], carry[1])  # pylint: disable=protected-access
-    step_flops = _flops(adapter._step, params, carry[1], batch)  # pylint: disable=protected-access
+    carry[1] = tuner.init(carry[0], mask, state.count, state.frozen, jax.random.key(0))
+    step = tuner.step
+    step_flops = _flops(mist._train_step(loss_fn, tuner.tx),  # pylint: disable=protected-access
+                        params, carry[1], batch)
 
     def train_step():
         carry[0], carry[1], loss, _ = step(carry[0], carry[1], batch)

@@ -11,7 +11,8 @@ Command (after ``bash scripts/setup.sh``)::
 
 Variants: ``--config configs/default.py:smoke`` (a tiny random ViT, seconds; for tests),
 ``--config.learner.name=ranpac``, ``--config.mist.enabled=False``, ``--config.mist.tasks=first``,
-``--config.learner.drift_compensation=True``, ``--config.data.eval_split=validation`` (pick
+``--config.learner.simplecil.drift_compensation=True``, ``--config.mist.optimizer=adamw``,
+``--config.data.eval_split=validation`` (pick
 hyperparameters on a split carved from the training data, never on test images).
 
 Devices (``c.mesh``, mist_jax/sharding.py): by default the batch is split over all devices
@@ -21,6 +22,8 @@ Multi-host: set ``MIST_JAX_DISTRIBUTED=1`` (README, "Scaling out").
 """
 
 import ml_collections
+
+from mist_jax import learners, sharding
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
@@ -68,6 +71,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.mist.freeze_rate = 0.0
     c.mist.bookkeeping = True  # count overlaps and freeze after each task (docs/algorithm.md §8)
     c.mist.sparsity = "reference"  # reference (PyTorch SGD) | strict
+    c.mist.optimizer = "sgd"  # the authors' PyTorch SGD, or an optax optimizer name ("adamw")
     # Backbone lr picked on a validation split (scripts/validation_sweep.sh; README): 1e-5 beat
     # the authors' 1e-4, which moves this small backbone so far that old prototypes collapse.
     c.mist.learning_rate = 1e-5
@@ -82,15 +86,16 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.mesh.data = -1  # devices the batch is split over; -1 = all devices / fsdp
     c.mesh.fsdp = 1  # devices each param / score / mask / optimizer-state leaf is sharded over
     # (path regex, "fsdp" | "replicate"), first re.search match wins; every leaf must match one.
-    c.mesh.rules = ((r"(^|/)head/", "replicate"), (r".*", "fsdp"))
+    c.mesh.rules = sharding.DEFAULT_RULES
     c.mesh.fsdp_min_size = 16384  # leaves with fewer elements stay replicated
 
     c.learner = ml_collections.ConfigDict()
-    c.learner.name = "simplecil"  # simplecil | ranpac | finetune (dense CE reference)
-    c.learner.drift_compensation = False  # Yu et al. CVPR 2020 SDC for prototypes
-    c.learner.drift_sigma = 0.3  # Gaussian kernel width on L2-normalised features
-    c.learner.ranpac_dim = 10000  # M of W_rand
+    c.learner.name = "simplecil"  # a key of mist_jax.learners.LEARNERS
     c.learner.eval_batch_size = 128
+    # One block per registered learner, e.g. learner.ranpac.num_projections (M of W_rand),
+    # learner.simplecil.drift_compensation (Yu et al. CVPR 2020 SDC for prototypes).
+    for name, cls in learners.LEARNERS.items():
+        c.learner[name] = cls.default_config()
 
     if arg == "smoke":  # tiny random ViT: a seconds-long end-to-end run for tests
         c.model.source = "tiny"
@@ -101,7 +106,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         c.data.test_per_class = 4
         c.mist.epochs = 2
         c.mist.batch_size = 8
-        c.learner.ranpac_dim = 256
+        c.learner.ranpac.num_projections = 256
     elif arg:
         raise ValueError(f"Unknown config variant {arg!r}; use configs/default.py or :smoke.")
     c.lock()

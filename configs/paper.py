@@ -208,5 +208,5 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
             c.data.test_per_class = 4
             c.mist.epochs = 2
             c.mist.batch_size = 8
-            c.learner.ranpac_dim = 512
+            c.learner.ranpac.num_projections = 512
     return c

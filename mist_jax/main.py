@@ -1,8 +1,9 @@
 r"""Command line: ``python -m mist_jax.main --config configs/<file>.py --workdir DIR``.
 
-Runs the configured class-incremental experiment into ``DIR/mist`` (or ``DIR/baseline`` when
-``--config.mist.enabled=False``); with ``config.compare_baseline`` it also runs the same learner
-without MIST into ``DIR/baseline``, then prints a summary table and writes
+Runs the configured class-incremental experiment into ``DIR/mist`` (``DIR/baseline`` when
+``--config.mist.enabled=False``; ``DIR/<learner name>`` for a learner that tunes the backbone
+itself); with ``config.compare_baseline`` it also runs the same learner without MIST into
+``DIR/baseline``, then prints a summary table and writes
 ``DIR/accuracy_curve.png`` comparing both. Any key of the config can be overridden
 (``--config.mist.select_rate=0.05``); a misspelt key is an error. Re-running the same command
 resumes from the last finished task.
@@ -24,12 +25,14 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def run_all(config, workdir: str | Path) -> dict[str, dict]:
     """Run the experiment (and its baseline) and return ``{run name: results}``."""
-    from mist_jax import outputs, sharding, train
+    from mist_jax import learners, outputs, sharding, train
 
     workdir = Path(workdir)
-    finetune = config.learner.name == "finetune"
-    runs = [("finetune" if finetune else "mist" if config.mist.enabled else "baseline", config)]
-    if config.compare_baseline and config.mist.enabled and not finetune:
+    learner = learners.get_learner_class(config.learner.name)
+    # A learner that tunes the backbone itself (e.g. dense fine-tuning) names its run.
+    own = learner.tunes_backbone
+    runs = [(learner.name if own else "mist" if config.mist.enabled else "baseline", config)]
+    if config.compare_baseline and config.mist.enabled and not own:
         base = config.copy_and_resolve_references()
         with base.unlocked():
             base.mist.enabled = False

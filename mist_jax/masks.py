@@ -12,8 +12,7 @@ them as three leaves (`.../query/kernel`, `.../key/kernel`, `.../value/kernel`);
 over the three together, whatever the checkpoint's source. ``units="leaf"`` quantiles each leaf
 on its own (a deviation from the official code, documented in docs/algorithm.md).
 
-Paths are the "/"-joined dict keys of a pytree, e.g. "backbone/encoderblock_0/attn/query/kernel".
-All array functions here are jit-able when `select_rate`, `freeze_rate`, `exempt`, `units` and
+Paths are those of mist_jax/trees.py; reports on masks are in mist_jax/mask_stats.py. All array functions here are jit-able when `select_rate`, `freeze_rate`, `exempt`, `units` and
 `kind` are static (they only shape the trace).
 """
 
@@ -29,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mist_jax import sensitivity
+from mist_jax.trees import HEAD, exempt_tree, path_str
 
 PyTree = Any
 
@@ -37,7 +37,7 @@ PyTree = Any
 DEFAULT_EXEMPT: tuple[str, ...] = (
     r"(^|/)bias$",
     r"norm[^/]*/scale$",
-    r"(^|/)head/",
+    HEAD,
     r"(^|/)classifier/",
 )
 
@@ -57,91 +57,6 @@ class MistState(NamedTuple):
 
     count: PyTree
     frozen: PyTree
-
-
-def path_str(key_path) -> str:
-    """Returns the "/"-joined path string of a `jax.tree_util` key path, e.g. "head/kernel"."""
-    return jax.tree_util.keystr(tuple(key_path), simple=True, separator="/")
-
-
-def tree_paths(tree: PyTree) -> PyTree:
-    """Returns a pytree shaped like `tree` whose leaves are their "/"-joined path strings."""
-    return jax.tree_util.tree_map_with_path(lambda p, _: path_str(p), tree)
-
-
-def _compile(patterns: Sequence[str] | None) -> list[re.Pattern]:
-    if patterns is None:
-        return []
-    if isinstance(patterns, str):
-        raise ValueError(
-            f"exempt/patterns must be a sequence of regexes, got the string {patterns!r}; "
-            "wrap it in a tuple: (pattern,)."
-        )
-    return [re.compile(p) for p in patterns]
-
-
-def exempt_tree(params: PyTree, patterns: Sequence[str] | None = DEFAULT_EXEMPT) -> PyTree:
-    """Marks the leaves whose path matches any regex in `patterns` (re.search).
-
-    Args:
-      params: any pytree (arrays or shapes); only its structure and paths are used.
-      patterns: regexes; None or () matches nothing.
-
-    Returns:
-      A pytree shaped like `params` with Python bool leaves (static, usable in jit tracing).
-    """
-    compiled = _compile(patterns)
-    return jax.tree_util.tree_map_with_path(
-        lambda p, _: any(c.search(path_str(p)) for c in compiled), params
-    )
-
-
-def expand_prefix(prefix: PyTree | None, params: PyTree, default) -> PyTree:
-    """Matches a prefix tree to the leaves of `params`; None (anywhere) stands for `default`.
-
-    Values are checked to broadcast to each leaf's shape but are not materialised at full size
-    (a scalar stays a scalar), so uncovered leaves cost no memory.
-
-    Args:
-      prefix: None, an array/scalar, or a pytree that is a prefix of `params`' structure whose
-        leaves are arrays (shared by the matching subtree of `params`) or None.
-      params: the full pytree whose leaves are arrays (their shapes are used).
-      default: scalar used for leaves covered by None.
-
-    Returns:
-      A pytree shaped like `params` whose leaves are jnp arrays broadcastable to the leaves.
-
-    Raises:
-      ValueError: `prefix` is not a prefix of `params` or a value does not broadcast.
-    """
-
-    def fill(outer, value, subtree):
-        def one(inner, leaf):
-            path = tuple(outer) + tuple(inner)
-            v = jnp.asarray(default if value is None else value)
-            try:
-                ok = jnp.broadcast_shapes(v.shape, jnp.shape(leaf)) == jnp.shape(leaf)
-            except ValueError:
-                ok = False
-            if not ok:
-                raise ValueError(
-                    f"value of shape {v.shape} does not broadcast to the parameter at "
-                    f"{path_str(path)!r} of shape {jnp.shape(leaf)}; pass a tree matching params."
-                )
-            return v
-
-        return jax.tree_util.tree_map_with_path(one, subtree)
-
-    try:
-        return jax.tree_util.tree_map_with_path(fill, prefix, params, is_leaf=lambda x: x is None)
-    except ValueError as e:
-        if "broadcast" in str(e):
-            raise
-        raise ValueError(
-            "mask/count/frozen tree is not a prefix of the params tree "
-            f"({jax.tree.structure(prefix, is_leaf=lambda x: x is None)} vs "
-            f"{jax.tree.structure(params)}); use None for uncovered subtrees."
-        ) from e
 
 
 def quantile_threshold(x: jax.Array, q: float) -> jax.Array:
@@ -316,111 +231,6 @@ def select(
             raise ValueError("selector 'random' needs params= (or scores=) for the shapes.")
         chosen = random_scores(shapes, seed)
     return select_top(chosen, select_rate, exempt, units)
-
-
-def coverage(mask: PyTree, units: str = "official") -> dict[str, tuple[int, int]]:
-    """Selection counts per selection unit (code `print_mask_coverage`).
-
-    Args:
-      mask: bool (or 0/1) pytree.
-      units: "official": a block's q/k/v kernels are reported as one entry `<prefix>qkv/kernel`
-        (timm's fused tensor); "leaf": one entry per leaf.
-
-    Returns:
-      dict unit name -> (selected, total) as Python ints, in tree order. Host sync.
-
-    Raises:
-      ValueError: unknown units.
-    """
-    leaves = jax.tree.leaves(mask)
-    return {name: (sum(int(jnp.sum(leaves[i])) for i in idx),
-                   sum(int(np.prod(jnp.shape(leaves[i]))) for i in idx))
-            for name, idx in unit_groups(mask, None, units)}
-
-
-#: Kernel roles of an encoder block reported by `task_summary` (timm: qkv split, proj, fc1, fc2).
-ROLES = {"query/kernel": "q", "key/kernel": "k", "value/kernel": "v", "out/kernel": "proj",
-         "fc1/kernel": "fc1", "fc2/kernel": "fc2"}
-_BLOCK = re.compile(r"encoderblock_(\d+)/")
-
-
-def task_summary(mask: PyTree, scores: PyTree, count: PyTree,
-                 exempt: Sequence[str] | None = DEFAULT_EXEMPT) -> dict:
-    """What one task's selection looks like, JSON-ready (the mask plots of mist_jax.outputs).
-
-    Over the scored (non-exempt) leaves only. Host sync; only global reductions, so it also
-    works on arrays sharded over several processes (every process must call it).
-
-    Args:
-      mask: bool pytree, this task's selection.
-      scores: float pytree, this task's sensitivity scores.
-      count: int pytree, earlier tasks' selection counts (before this task's bookkeeping).
-      exempt: path regexes of always-selected leaves (left out).
-
-    Returns:
-      dict with
-        ``block_selected``: {role: [percent of that kernel selected, per encoder block]} for
-          the roles q, k, v, proj, fc1, fc2 (None where a block has no such kernel; under
-          fused q/k/v selection q, k and v differ);
-        ``score_share``: {"embed": x, "blocks": [per block]}: fractions of the task's total
-          score (embed = leaves outside any encoder block: patch, cls, position);
-        ``overlap_histogram``: [number of this task's selected elements that c earlier tasks
-          had selected, for c = 0, 1, ...].
-    """
-    paths = jax.tree.leaves(tree_paths(mask))
-    skip = jax.tree.leaves(exempt_tree(mask, exempt))
-    m_l, s_l, c_l = jax.tree.leaves(mask), jax.tree.leaves(scores), jax.tree.leaves(count)
-    blocks = sorted({int(b.group(1)) for p in paths if (b := _BLOCK.search(p))})
-    selected: dict = {r: [None] * len(blocks) for r in ROLES.values()}
-    share = {"embed": 0.0, "blocks": [0.0] * len(blocks)}
-    hist: list[int] = []
-    for path, is_exempt, m, sc, c in zip(paths, skip, m_l, s_l, c_l):
-        if is_exempt:
-            continue
-        b = _BLOCK.search(path)
-        role = next((r for suffix, r in ROLES.items() if path.endswith(suffix)), None)
-        if b and role:
-            selected[role][blocks.index(int(b.group(1)))] = 100.0 * float(jnp.mean(m))
-        total = float(jnp.sum(sc, dtype=jnp.float32))
-        if b:
-            share["blocks"][blocks.index(int(b.group(1)))] += total
-        else:
-            share["embed"] += total
-        # Global reductions only: leaves may be sharded over several processes.
-        top = int(jnp.max(jnp.where(m, c, 0)))
-        hist += [0] * (top + 1 - len(hist))
-        for k in range(top + 1):
-            hist[k] += int(jnp.sum(m & (c == k)))
-    norm = share["embed"] + sum(share["blocks"])
-    if norm > 0:
-        share = {"embed": share["embed"] / norm, "blocks": [x / norm for x in share["blocks"]]}
-    return {"block_selected": selected, "score_share": share, "overlap_histogram": hist}
-
-
-def overall_fraction(
-    report: dict[str, tuple[int, int]], exclude: Sequence[str] | None = None
-) -> float:
-    """Selected / total over all tensors of a `coverage` report, skipping paths matching `exclude`.
-
-    E.g. `overall_fraction(coverage(mask), DEFAULT_EXEMPT)` is the budget actually spent on
-    scored weights (about select_rate). Returns 0.0 if nothing is left.
-    """
-    compiled = _compile(exclude)
-    kept = [v for k, v in report.items() if not any(c.search(k) for c in compiled)]
-    total = sum(t for _, t in kept)
-    return sum(s for s, _ in kept) / total if total else 0.0
-
-
-def format_coverage(
-    report: dict[str, tuple[int, int]], exclude: Sequence[str] | None = None
-) -> str:
-    """Human-readable table of a `coverage` report and the overall fraction over non-`exclude`."""
-    width = max((len(k) for k in report), default=4)
-    lines = [f"{'tensor':<{width}}  {'selected':>12}  {'total':>12}  {'%':>7}"]
-    for k, (s, t) in report.items():
-        lines.append(f"{k:<{width}}  {s:>12d}  {t:>12d}  {100.0 * s / max(t, 1):>6.2f}%")
-    lines.append(f"overall: {100.0 * overall_fraction(report, exclude):.3f}%")
-    return "\n".join(lines)
 
 
 def init_mist_state(params: PyTree) -> MistState:

@@ -1,17 +1,25 @@
 """One MIST adaptation of the backbone on one task (docs/algorithm.md §1; code models/*_mist.py `_mist_run`).
 
-score (epoch 1, no update) -> select -> sparse-tune with the MI loss (epochs 2..E) -> bookkeeping.
-The learner-independent piece the runner calls before each learner's fit; the original code
-copies this loop into every learner, here it is written once. With a ``MeshContext``
-(mist_jax/sharding.py) both passes are ``jax.jit``-ed with explicit in/out shardings: batches
-split over the devices, params / scores / masks / optimizer state replicated or FSDP-sharded,
-params and optimizer state donated; nothing leaves the device between steps.
+Four functions, each callable on its own (a notebook can stop after any of them):
+
+  scores = score(tuner, params, batches, frozen)        # epoch 1: no update
+  mask = select(tuner.cfg, params, scores, key)          # top select_rate per unit
+  params, stats = tune(tuner, params, mask, state, key, epoch_batches)   # epochs 2..E
+  state = bookkeep(tuner.cfg, state, mask, scores)      # count overlaps, freeze
+
+``Tuner.adapt`` runs the four in order, the learner-independent piece the runner calls before
+each learner's fit (the original code copies this loop into every learner). A ``Tuner`` builds
+the optimizer once for the whole run, with the optimizer state's shardings worked out from
+``jax.eval_shape`` and its per-task init jitted with those out-shardings; scoring and tuning are
+``jax.jit``-ed with explicit in/out shardings on a ``MeshContext`` (mist_jax/sharding.py):
+batches split over the devices, params / scores / masks / optimizer state replicated or
+FSDP-sharded, params and optimizer state donated; nothing leaves the device between steps.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -19,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mist_jax import augment, masks, objectives, optim, sensitivity, sharding
+from mist_jax import augment, mask_stats, masks, objectives, optim, sensitivity, sharding
 
 PyTree = Any
 
@@ -93,34 +101,40 @@ def _train_step(loss_fn: Callable, tx: optax.GradientTransformation) -> Callable
     return step
 
 
-def _optimizer(cfg: Any, seed: int, mask=None, count=None, frozen=None):
-    """``config.mist`` -> ``optim.mist_optimizer`` for one task."""
-    return optim.mist_optimizer(
-        mask, count, frozen, sparsity=cfg.sparsity, drop_rate=cfg.drop_rate,
-        overlap_decay=cfg.overlap_decay, seed=seed, learning_rate=cfg.learning_rate,
-        momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-        head_learning_rate=cfg.head_learning_rate)
+def make_optimizer(cfg: Any) -> optax.GradientTransformation:
+    """``config.mist`` -> the run's ``optim.mist_optimizer`` (no task yet: see ``optim.start_task``).
+
+    Raises: ValueError for a bad sparsity, optimizer name or rate.
+    """
+    inner = optim.inner_optimizer(cfg.optimizer, cfg.learning_rate, cfg.momentum,
+                                  cfg.weight_decay, cfg.head_learning_rate)
+    return optim.mist_optimizer(sparsity=cfg.sparsity, drop_rate=cfg.drop_rate,
+                                overlap_decay=cfg.overlap_decay, inner=inner)
 
 
-class Adapter:
-    """MIST for a whole run: compiles the scoring and tuning steps once, adapts per task.
-
-    The masks, counts and frozen flags live in the optimizer state (arrays), so one compiled
-    train step serves every task; only ``init`` differs between tasks.
+class Tuner:
+    """MIST's compiled pieces for one run (one compile of each, shared by every task).
 
     Args:
       loss_fn: from ``make_loss_fn``.
       cfg: ``config.mist`` (selector, select_rate, selection_units, drop_rate, overlap_decay,
-        freeze_rate, bookkeeping, sparsity, epochs, learning rates, momentum, weight_decay,
-        log_every).
+        freeze_rate, bookkeeping, sparsity, optimizer, epochs, learning rates, momentum,
+        weight_decay, log_every).
+      params: the ``{"backbone", "head"}`` pytree to tune (arrays or ShapeDtypeStructs: only
+        the structure, shapes and dtypes are used).
       mesh: the ``sharding.MeshContext`` to run on (default: all devices, data parallel).
-        ``adapt``'s batches must be laid out on it (``MeshContext.put_batch``).
+        Batches must be laid out on it (``MeshContext.put_batch``).
+
+    Attributes:
+      tx: the optimizer (``make_optimizer(cfg)``), created once.
+      param_shardings, opt_shardings: NamedSharding pytrees of params and optimizer state.
 
     Raises:
-      ValueError: an unknown ``selection_units`` or a ``freeze_rate`` outside [0, 1].
+      ValueError: an unknown ``selection_units``, optimizer or sparsity, or a rate out of range.
     """
 
-    def __init__(self, loss_fn: Callable, cfg: Any, mesh: sharding.MeshContext | None = None):
+    def __init__(self, loss_fn: Callable, cfg: Any, params: PyTree,
+                 mesh: sharding.MeshContext | None = None):
         self.loss_fn, self.cfg = loss_fn, cfg
         self.mesh = mesh or sharding.MeshContext(sharding.make_mesh())
         if cfg.selection_units not in masks.UNITS:  # fail now, not after task 0's scoring pass
@@ -129,33 +143,32 @@ class Adapter:
         if not 0.0 <= cfg.freeze_rate <= 1.0:
             raise ValueError(f"mist.freeze_rate must be in [0, 1], got {cfg.freeze_rate}; 0.0 "
                              "freezes each unit's maximum (SimpleCIL file), 0.0005 is RanPAC's.")
-        self._step = _train_step(loss_fn, _optimizer(cfg, 0))
-        self._compiled: dict = {}
+        self.tx = make_optimizer(cfg)
+        self.param_shardings = self.mesh.shardings(params)
+        self.opt_shardings = self.mesh.shardings(jax.eval_shape(self.tx.init, params))
 
-    def _step_fn(self, params: PyTree, opt_state: PyTree) -> Callable:
-        """The jitted step for this layout (one compile per distinct optimizer-state shape)."""
-        p_sh, o_sh = self.mesh.shardings(params), self.mesh.shardings(opt_state)
-        leaves, treedef = jax.tree.flatten((p_sh, o_sh))
-        key = (treedef, tuple(leaves), tuple(np.shape(x) for x in jax.tree.leaves(opt_state)))
-        if key not in self._compiled:
-            rep = self.mesh.replicated
-            self._compiled = {key: jax.jit(self._step, in_shardings=(p_sh, o_sh, None),
-                                           out_shardings=(p_sh, o_sh, rep, rep),
-                                           donate_argnums=(0, 1))}
-        return self._compiled[key]
+        def init(params, mask, count, frozen, key):
+            return optim.start_task(self.tx.init(params), params, mask, count, frozen, key)
+
+        rep = self.mesh.replicated
+        self.init = jax.jit(init, out_shardings=self.opt_shardings)
+        self.step = jax.jit(_train_step(loss_fn, self.tx),
+                            in_shardings=(self.param_shardings, self.opt_shardings, None),
+                            out_shardings=(self.param_shardings, self.opt_shardings, rep, rep),
+                            donate_argnums=(0, 1))
 
     def adapt(self, params: PyTree, state: masks.MistState,
-              epoch_batches: Callable[[int], Iterable], seed: int | jax.Array,
+              epoch_batches: Callable[[int], Iterable], key: jax.Array,
               on_step: Callable[[dict], None] | None = None
               ) -> tuple[PyTree, masks.MistState, dict]:
-        """Run MIST on one task.
+        """Run MIST on one task: ``score`` -> ``select`` -> ``tune`` -> ``bookkeep``.
 
         Args:
           params: ``{"backbone", "head"}`` float32 pytree (not modified; a new one is returned).
           state: the ``MistState`` (count, frozen) from earlier tasks, shaped like ``params``.
           epoch_batches: ``epoch -> iterable of (images, labels, key)`` for epoch 0..E-1; epoch 0
             is the scoring pass (docs/algorithm.md §4: it counts as the first of ``cfg.epochs``).
-          seed: int seed or PRNG key of this task's stochastic drop and random selector.
+          key: PRNG key (or int seed) of this task's stochastic drop and random selector.
           on_step: optional callback receiving a dict per step (epoch, step, loss, updated_fraction).
         Returns:
           ``(tuned params, new MistState, log)`` with log keys ``mi_loss_per_epoch`` (mean over
@@ -163,60 +176,104 @@ class Adapter:
           tensors), ``updated_fraction`` (mean fraction of backbone elements changed per step),
           ``coverage`` ({selection unit: percent selected}, q/k/v fused as ``.../qkv/kernel``
           under official units), ``block_selected``, ``score_share`` and
-          ``overlap_histogram`` (``masks.task_summary``), ``steps``, ``images`` (images of the update
-          epochs; each gives two views), ``seconds`` and ``images_per_second`` (all epochs,
-          scoring pass included).
+          ``overlap_histogram`` (``mask_stats.task_summary``), ``steps``, ``images`` (images of
+          the update epochs; each gives two views), ``seconds`` and ``images_per_second`` (all
+          epochs, scoring pass included).
         Raises:
           ValueError: a NaN/inf loss (names the epoch and the likely fix).
         """
-        cfg, loss_fn, mesh = self.cfg, self.loss_fn, self.mesh
+        cfg, mesh = self.cfg, self.mesh
         t0 = time.perf_counter()
         params = mesh.place(params)
         state = masks.MistState(*mesh.place(tuple(state)))
-        score_fn = sensitivity.gradient_scores if cfg.selector == "gradient" else sensitivity.fisher_scores
         scoring_images = []
         counted = (scoring_images.append(len(b[1])) or b for b in epoch_batches(0))
-        scores = score_fn(loss_fn, params, counted, frozen=state.frozen,
-                          shardings=mesh.shardings(params))
-        units = cfg.selection_units
-        mask = masks.select(cfg.selector, cfg.select_rate, params=params, scores=scores,
-                            seed=seed, units=units)
-        tx = _optimizer(cfg, seed, mask, state.count, state.frozen)
-        params = mesh.place(jax.tree.map(jnp.array, params))  # a private copy: the step donates it
-        opt_state = mesh.place(tx.init(params))
-        step_fn = self._step_fn(params, opt_state)  # same update rule; this task's masks are in opt_state
-        losses, changed, images, steps = [], [], 0, 0
-        for epoch in range(1, cfg.epochs):
-            epoch_losses = []
-            for batch in epoch_batches(epoch):
-                params, opt_state, loss, frac = step_fn(params, opt_state, batch)
-                epoch_losses.append(loss)
-                changed.append(frac)
-                images += len(batch[1])
-                steps += 1
-                if on_step is not None and steps % max(cfg.log_every, 1) == 0:
-                    on_step({"epoch": epoch, "step": steps, "mi_loss": float(loss),
-                             "updated_fraction": float(frac)})
-            mean = float(np.mean(jax.device_get(epoch_losses))) if epoch_losses else float("nan")
-            if epoch_losses and not np.isfinite(mean):
-                raise ValueError(f"MIST loss became {mean} in epoch {epoch}; lower "
-                                 "mist.learning_rate / mist.head_learning_rate or use float32.")
-            losses.append(mean)
-        backbone_scored = lambda k: k.startswith("backbone/")
-        report = masks.coverage(mask, units)
-        scored = {k: v for k, v in report.items() if backbone_scored(k)}
-        log = {
-            "mi_loss_per_epoch": losses,
-            "selected_fraction": masks.overall_fraction(scored, masks.DEFAULT_EXEMPT),
-            "updated_fraction": float(np.mean(jax.device_get(changed))) if changed else 0.0,
-            "coverage": {k: 100.0 * s / t for k, (s, t) in scored.items()},
-            **masks.task_summary(mask, scores, state.count),
-            "steps": steps,
-            "images": images,
-            "seconds": time.perf_counter() - t0,
-        }
-        log["images_per_second"] = (sum(scoring_images) + images) / max(log["seconds"], 1e-9)
+        scores = score(self, params, counted, state.frozen)
+        mask = select(cfg, params, scores, key)
+        params, stats = tune(self, params, mask, state, key, epoch_batches, on_step)
+        log = dict(stats, **selection_log(mask, scores, state.count, cfg.selection_units))
+        log["seconds"] = time.perf_counter() - t0
+        log["images_per_second"] = (sum(scoring_images) + stats["images"]) / max(log["seconds"],
+                                                                                 1e-9)
         if cfg.bookkeeping:  # False: the dense fine-tuning reference counts and freezes nothing
-            state = masks.MistState(*mesh.place(tuple(
-                masks.update_after_task(state, mask, scores, cfg.freeze_rate, units=units))))
+            state = masks.MistState(*mesh.place(tuple(bookkeep(cfg, state, mask, scores))))
         return params, state, log
+
+
+def score(tuner: Tuner, params: PyTree, batches: Iterable, frozen: PyTree | None) -> PyTree:
+    """Epoch 1 of MIST: the sensitivity score of every weight (docs/algorithm.md §4).
+
+    ``sensitivity.gradient_scores`` for ``selector="gradient"``, else the MI-Fisher
+    ``sensitivity.fisher_scores`` (also the freezing score of the other ablation selectors).
+    ``batches``: (images, labels, key) on the tuner's mesh. Returns float32 scores shaped like
+    ``params``, laid out like them. Raises ValueError on empty batches.
+    """
+    fn = (sensitivity.gradient_scores if tuner.cfg.selector == "gradient"
+          else sensitivity.fisher_scores)
+    return fn(tuner.loss_fn, tuner.mesh.place(params), batches, frozen=frozen,
+              shardings=tuner.param_shardings)
+
+
+def select(cfg: Any, params: PyTree, scores: PyTree, key) -> PyTree:
+    """The task's mask: ``masks.select`` with ``config.mist``'s selector, rate and units
+    (docs/algorithm.md §5). ``key`` draws the random selector. Returns a bool pytree."""
+    return masks.select(cfg.selector, cfg.select_rate, params=params, scores=scores, seed=key,
+                        units=cfg.selection_units)
+
+
+class TuneStats(NamedTuple):
+    """Per-task numbers of ``tune``: see ``Tuner.adapt``'s log."""
+
+    mi_loss_per_epoch: list
+    updated_fraction: float
+    steps: int
+    images: int
+
+
+def tune(tuner: Tuner, params: PyTree, mask: PyTree, state: masks.MistState, key,
+         epoch_batches: Callable[[int], Iterable],
+         on_step: Callable[[dict], None] | None = None) -> tuple[PyTree, dict]:
+    """Epochs 2..E of MIST: sparse tuning of the masked weights with the MI loss
+    (docs/algorithm.md §6-7). ``state`` gives the counts (damping) and frozen weights.
+
+    Returns ``(tuned params, TuneStats as a dict)``; ``params`` is copied, not donated.
+    Raises: ValueError on a NaN/inf epoch loss.
+    """
+    cfg = tuner.cfg
+    params = tuner.mesh.place(jax.tree.map(jnp.array, params))  # a private copy: the step donates it
+    opt_state = tuner.init(params, mask, state.count, state.frozen, key)
+    losses, changed, images, steps = [], [], 0, 0
+    for epoch in range(1, cfg.epochs):
+        epoch_losses = []
+        for batch in epoch_batches(epoch):
+            params, opt_state, loss, frac = tuner.step(params, opt_state, batch)
+            epoch_losses.append(loss)
+            changed.append(frac)
+            images += len(batch[1])
+            steps += 1
+            if on_step is not None and steps % max(cfg.log_every, 1) == 0:
+                on_step({"epoch": epoch, "step": steps, "mi_loss": float(loss),
+                         "updated_fraction": float(frac)})
+        mean = float(np.mean(jax.device_get(epoch_losses))) if epoch_losses else float("nan")
+        if epoch_losses and not np.isfinite(mean):
+            raise ValueError(f"MIST loss became {mean} in epoch {epoch}; lower "
+                             "mist.learning_rate / mist.head_learning_rate or use float32.")
+        losses.append(mean)
+    frac = float(np.mean(jax.device_get(changed))) if changed else 0.0
+    return params, TuneStats(losses, frac, steps, images)._asdict()
+
+
+def bookkeep(cfg: Any, state: masks.MistState, mask: PyTree, scores: PyTree) -> masks.MistState:
+    """After the task (docs/algorithm.md §8): counts += mask, freeze the top ``freeze_rate``."""
+    return masks.update_after_task(state, mask, scores, cfg.freeze_rate,
+                                   units=cfg.selection_units)
+
+
+def selection_log(mask: PyTree, scores: PyTree, count: PyTree, units: str) -> dict:
+    """JSON-ready description of a task's selection over the scored backbone tensors:
+    ``selected_fraction``, ``coverage`` (percent per unit) and ``mask_stats.task_summary``."""
+    report = mask_stats.coverage(mask, units)
+    scored = {k: v for k, v in report.items() if k.startswith("backbone/")}
+    return {"selected_fraction": mask_stats.overall_fraction(scored, masks.DEFAULT_EXEMPT),
+            "coverage": {k: 100.0 * s / t for k, (s, t) in scored.items()},
+            **mask_stats.task_summary(mask, scores, count)}

@@ -12,16 +12,13 @@ Design:
   clipped to 254, where 0.9 ** 254 = 2e-12). The factor overlap_decay ** (code - 1) is
   looked up in the fused update; 1 byte per element instead of a float32 factor keeps the
   extra memory traffic small.
-- Cheap, fused Bernoulli draws. Leaf i at step t takes two threefry words from
-  fold_in(fold_in(key, t), i); element j of the leaf is kept iff
-  h(j) < round((1 - drop_rate) * 2**32), where h is a keyed counter-based hash of the flat
-  index j (two rounds of the murmur3 32-bit finalizer, the words mixed in between). It is a
-  pure elementwise function of (leaf key, j), so XLA fuses it into the SGD update loop and the
-  bits are the same on any device count. `jax.random.bits` per element costs about 9 ns per
-  element on a 2-core CPU (ViT-S: +200 ms a step, +40%); the hash costs about 0.3 ns
-  (benchmarks/sparse_step.py). Rate, and independence across elements, steps and leaves, are
-  tested in tests/test_optim.py.
-- `sparsity="strict"` wraps the SGD chain so the live mask of the drop is reused to mask the
+- Cheap, fused Bernoulli draws (`drop.keep_mask`, a keyed counter-based hash of each
+  element's index), fused into the update; the bits are the same on any device count.
+- One transform for a whole run: `start_task` resets the sparse state inside any optimizer
+  state for a new task's mask, counts, frozen flags and key, so the step compiles once.
+- The inner optimizer is the authors' SGD (`inner_optimizer("sgd")`) or any optax optimizer
+  by name (`inner_optimizer("adamw")`), always after the sparse transform.
+- `sparsity="strict"` wraps the inner optimizer so the live mask of the drop is reused to mask the
   final update: nothing is stored.
 - Injected drops. `update(grads, state, params, keep=tree)` (an optax extra argument) replaces
   the step's draw with a given bool pytree shaped like params, e.g. the Bernoulli masks a
@@ -30,6 +27,7 @@ Design:
 
 from __future__ import annotations
 
+import inspect
 import re
 from typing import Any, NamedTuple
 
@@ -38,8 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mist_jax import masks as masks_lib
-from mist_jax import seeds
+from mist_jax import trees
+from mist_jax import drop, seeds
 
 PyTree = Any
 SPARSITY_MODES = ("reference", "strict")
@@ -68,38 +66,6 @@ class StrictState(NamedTuple):
     inner: optax.OptState
 
 
-def _fmix32(h: jax.Array) -> jax.Array:
-    """murmur3's 32-bit finalizer: a bijection of uint32 with full avalanche."""
-    h = h ^ (h >> 16)
-    h = h * jnp.uint32(0x85EBCA6B)
-    h = h ^ (h >> 13)
-    h = h * jnp.uint32(0xC2B2AE35)
-    return h ^ (h >> 16)
-
-
-def keep_mask(key: jax.Array, shape: tuple[int, ...], keep_prob: float) -> jax.Array:
-    """bool[shape], element j True with probability keep_prob (rounded to a multiple of 2^-32).
-
-    Keyed counter-based hash of the flat (row-major) index j; see the module docstring.
-
-    Args:
-      key: PRNG key (raw uint32[2] or typed); two threefry words are drawn from it.
-      shape: static output shape (fewer than 2^32 elements).
-      keep_prob: static probability in [0, 1].
-    """
-    if keep_prob >= 1.0:
-        return jnp.ones(shape, bool)
-    k = jax.random.bits(key, (2,), jnp.uint32)
-    j = jnp.zeros(shape, jnp.uint32)
-    stride = 1
-    for d in reversed(range(len(shape))):
-        j = j + jax.lax.broadcasted_iota(jnp.uint32, shape, d) * jnp.uint32(stride)
-        stride *= shape[d]
-    h = _fmix32((j * jnp.uint32(0x9E3779B1)) ^ k[0])
-    h = _fmix32(h + k[1])
-    return h < jnp.uint32(min(round(keep_prob * 2.0**32), 2**32 - 1))
-
-
 class _Sparse(NamedTuple):
     """Static configuration and the pure pieces shared by the reference and strict chains."""
 
@@ -111,9 +77,9 @@ class _Sparse(NamedTuple):
     seed: Any  # int seed or PRNG key
 
     def init(self, params: PyTree) -> SparseTuningState:
-        mask = masks_lib.expand_prefix(self.mask, params, True)
-        count = masks_lib.expand_prefix(self.count, params, 0)
-        frozen = masks_lib.expand_prefix(self.frozen, params, False)
+        mask = trees.expand_prefix(self.mask, params, True)
+        count = trees.expand_prefix(self.count, params, 0)
+        frozen = trees.expand_prefix(self.frozen, params, False)
 
         def code(m, c, f):
             candidate = m.astype(bool) & ~f.astype(bool)
@@ -142,12 +108,35 @@ class _Sparse(NamedTuple):
         grads, live = [], []
         for i, (g, c, k) in enumerate(zip(leaves, codes, kept)):
             if k is None:
-                k = keep_mask(jax.random.fold_in(step_key, i), g.shape, 1.0 - self.drop_rate)
+                k = drop.keep_mask(jax.random.fold_in(step_key, i), g.shape, 1.0 - self.drop_rate)
             keep = jnp.asarray(k, bool) & (c != 0)
             scaled = g.astype(jnp.float32) * self.factor(c)
             grads.append(jnp.where(keep, scaled, 0.0).astype(g.dtype))
             live.append(keep)
         return jax.tree.unflatten(treedef, grads), jax.tree.unflatten(treedef, live)
+
+
+def start_task(opt_state: optax.OptState, params: PyTree, mask: PyTree | None,
+               count: PyTree | None, frozen: PyTree | None, key) -> optax.OptState:
+    """``opt_state`` with every `SparseTuningState` in it reset for a new task (step 0).
+
+    Lets one transform (and one compiled step) serve every task: build the optimizer once,
+    ``init`` it (or ``jax.eval_shape`` it for the shardings), then call this per task with the
+    task's selection; the inner optimizer's state (e.g. SGD momentum) is left as given. Pure
+    and jit-able.
+
+    Args:
+      opt_state: a state of `sparse_tuning` / `mist_optimizer` (any chain containing them).
+      params: the params pytree the optimizer updates.
+      mask, count, frozen: as in `sparse_tuning` (pytrees, prefixes or None).
+      key: int seed or PRNG key of the task's drops.
+
+    Raises:
+      ValueError: trees that do not match params (see `sparse_tuning`).
+    """
+    fresh = _Sparse(mask, count, frozen, 0.0, 0.0, key).init(params)
+    return jax.tree.map(lambda x: fresh if isinstance(x, SparseTuningState) else x, opt_state,
+                        is_leaf=lambda x: isinstance(x, SparseTuningState))
 
 
 def _make_sparse(mask, count, frozen, drop_rate, overlap_decay, seed) -> _Sparse:
@@ -222,41 +211,68 @@ def _strict(cfg: _Sparse, inner: optax.GradientTransformation) -> optax.Gradient
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def group_labels(head_pattern: str = r"(^|/)head/"):
+def group_labels(head_pattern: str = trees.HEAD):
     """params -> label pytree: "head" where re.search(head_pattern, path), else "backbone"."""
     pattern = re.compile(head_pattern)
 
     def labels(params):
         return jax.tree_util.tree_map_with_path(
-            lambda p, _: "head" if pattern.search(masks_lib.path_str(p)) else "backbone", params
+            lambda p, _: "head" if pattern.search(trees.path_str(p)) else "backbone", params
         )
 
     return labels
 
 
-def torch_sgd(
-    learning_rate: optax.ScalarOrSchedule = 1e-4,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    head_learning_rate: optax.ScalarOrSchedule = 1e-2,
-    head_pattern: str = r"(^|/)head/",
-) -> optax.GradientTransformation:
+def torch_sgd(learning_rate: optax.ScalarOrSchedule, momentum: float, weight_decay: float,
+              head_learning_rate: optax.ScalarOrSchedule, head_pattern: str
+              ) -> optax.GradientTransformation:
     """torch.optim.SGD(momentum, weight_decay) with a backbone and a head learning rate.
 
     Per element: g += weight_decay * p; buf = momentum * buf + g (buf = g at the first step);
     p -= lr * buf, where lr is `head_learning_rate` for paths matching `head_pattern` and
-    `learning_rate` otherwise. Requires `params` in `update`.
+    `learning_rate` otherwise. Requires `params` in `update`. Usually built through
+    ``inner_optimizer("sgd", ...)``.
     """
     return optax.chain(
         optax.add_decayed_weights(weight_decay),
         optax.multi_transform(
-            {
-                "backbone": optax.sgd(learning_rate, momentum or None),
-                "head": optax.sgd(head_learning_rate, momentum or None),
-            },
-            group_labels(head_pattern),
-        ),
-    )
+            {"backbone": optax.sgd(learning_rate, momentum or None),
+             "head": optax.sgd(head_learning_rate, momentum or None)},
+            group_labels(head_pattern)))
+
+
+def inner_optimizer(
+    name: str = "sgd",
+    learning_rate: optax.ScalarOrSchedule = 1e-4,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    head_learning_rate: optax.ScalarOrSchedule = 1e-2,
+    head_pattern: str = trees.HEAD,
+) -> optax.GradientTransformation:
+    """The optimizer MIST's sparse transform feeds (docs/algorithm.md §7).
+
+    ``"sgd"`` is the authors' `torch_sgd`. Any other name is an optax optimizer factory, e.g.
+    ``"adamw"``: ``getattr(optax, name)(learning_rate=..., [momentum=..., weight_decay=...])``
+    with `momentum` / `weight_decay` passed only where the factory takes them, one instance
+    for the backbone and one (`head_learning_rate`) for paths matching `head_pattern`.
+
+    Raises:
+      ValueError: `name` is not an optax optimizer factory taking ``learning_rate``.
+    """
+    if name == "sgd":
+        return torch_sgd(learning_rate, momentum, weight_decay, head_learning_rate, head_pattern)
+    factory = getattr(optax, name, None)
+    params = inspect.signature(factory).parameters if callable(factory) else {}
+    if "learning_rate" not in params:
+        raise ValueError(f"mist.optimizer={name!r} is not an optax optimizer taking a "
+                         "learning_rate; use 'sgd' (the authors' SGD) or e.g. 'adamw', 'adam', "
+                         "'lion', 'rmsprop'.")
+    extra = {k: v for k, v in (("momentum", momentum), ("weight_decay", weight_decay))
+             if k in params}
+    return optax.multi_transform(
+        {"backbone": factory(learning_rate=learning_rate, **extra),
+         "head": factory(learning_rate=head_learning_rate, **extra)},
+        group_labels(head_pattern))
 
 
 def mist_optimizer(
@@ -268,21 +284,17 @@ def mist_optimizer(
     drop_rate: float = 0.9,
     overlap_decay: float = 0.9,
     seed: int = 0,
-    learning_rate: optax.ScalarOrSchedule = 1e-4,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    head_learning_rate: optax.ScalarOrSchedule = 1e-2,
-    head_pattern: str = r"(^|/)head/",
+    inner: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformation:
-    """The whole MIST update: `sparse_tuning` then `torch_sgd` (docs/algorithm.md §6-7).
+    """The whole MIST update: `sparse_tuning` then the `inner` optimizer (docs/algorithm.md §6-7).
 
     `sparsity="reference"` (code behaviour): weight decay and momentum act on every element, so
     unselected weights drift. `sparsity="strict"`: the final update is also multiplied by the
     step's live mask (selected, not frozen, kept by the drop), so only those elements change.
 
-    Args: see `sparse_tuning` (mask, count, frozen, drop_rate, overlap_decay, seed) and
-      `torch_sgd` (learning_rate, momentum, weight_decay, head_learning_rate, head_pattern).
-      A params pytree without a head simply uses the backbone rate everywhere.
+    Args: see `sparse_tuning` (mask, count, frozen, drop_rate, overlap_decay, seed);
+      inner: default ``inner_optimizer()`` (the authors' SGD: lr 1e-4, head 1e-2, momentum
+      0.9, weight decay 5e-4); any optax transformation (``inner_optimizer("adamw", ...)``).
 
     Returns:
       optax.GradientTransformationExtraArgs; call `update(grads, state, params)` inside the
@@ -294,10 +306,10 @@ def mist_optimizer(
     if sparsity not in SPARSITY_MODES:
         raise ValueError(f"sparsity must be one of {SPARSITY_MODES}, got {sparsity!r}.")
     cfg = _make_sparse(mask, count, frozen, drop_rate, overlap_decay, seed)
-    sgd = torch_sgd(learning_rate, momentum, weight_decay, head_learning_rate, head_pattern)
+    inner = inner_optimizer() if inner is None else inner
     if sparsity == "strict":
-        return _strict(cfg, sgd)
-    return optax.chain(_reference(cfg), sgd)
+        return _strict(cfg, inner)
+    return optax.chain(_reference(cfg), inner)
 
 
 def updated_fraction(before: PyTree, after: PyTree, exempt=None) -> jax.Array:
@@ -312,7 +324,7 @@ def updated_fraction(before: PyTree, after: PyTree, exempt=None) -> jax.Array:
     Returns:
       float32 scalar in [0, 1] (0 if no element is counted).
     """
-    skip = masks_lib.exempt_tree(before, exempt)
+    skip = trees.exempt_tree(before, exempt)
     changed, total = jnp.zeros([], jnp.float32), 0
     for b, a, s in zip(jax.tree.leaves(before), jax.tree.leaves(after), jax.tree.leaves(skip)):
         if not s:

@@ -7,9 +7,7 @@ result; metrics.jsonl is append-only. Only this module and ``checkpoint.py`` wri
 from __future__ import annotations
 
 import json
-import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,16 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from mist_jax import metrics  # noqa: E402
-
-
-def write_text(path: str | Path, text: str) -> None:
-    """Atomically write ``text`` (temp file in the same folder + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+from mist_jax.atomic import atomic_path, write_text  # noqa: E402
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -65,11 +54,9 @@ class EventLog:
 
 
 def _savefig(fig, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def plot_accuracy_curves(curves: dict[str, Sequence[float]], path: str | Path) -> None:
@@ -101,7 +88,7 @@ def plot_acc_matrix(acc_matrix: list[list[float]], path: str | Path) -> None:
 
 
 def plot_mask_coverage(tasks: list[dict], path: str | Path) -> None:
-    """Three panels from each task's ``masks.task_summary`` numbers (also in results.json):
+    """Three panels from each task's ``mask_stats.task_summary`` numbers (also in results.json):
     per block, the selected % of the q, k, v, proj, fc1 and fc2 kernels (mean over tasks, band
     = min..max); per task, how many earlier tasks had selected the task's selected weights
     (overlap histogram, as fractions); per task, each block's share of the total MI-Fisher score.

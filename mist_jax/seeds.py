@@ -24,6 +24,8 @@ STREAMS: tuple[str, ...] = (
     "head",       # the projection head's init
     "learner",    # the learner's own randomness (e.g. RanPAC's projection)
     "backbone",   # the init of a random (not pre-trained) backbone
+    "learner_order",      # batch order of an image learner's (task, epoch)
+    "learner_transform",  # train-transform draw of an image learner's (task, epoch, position)
 )
 
 

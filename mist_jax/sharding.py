@@ -34,14 +34,14 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from mist_jax import masks as masks_lib
+from mist_jax import trees
 
 PyTree = Any
 DATA, FSDP = "data", "fsdp"
 BATCH_AXES = (DATA, FSDP)
 RULE_KINDS = ("fsdp", "replicate")
 #: Defaults of ``config.mesh`` (also used when a config has no ``mesh`` block).
-DEFAULT_RULES: tuple[tuple[str, str], ...] = ((r"(^|/)head/", "replicate"), (r".*", "fsdp"))
+DEFAULT_RULES: tuple[tuple[str, str], ...] = ((trees.HEAD, "replicate"), (r".*", "fsdp"))
 DEFAULT_FSDP_MIN_SIZE = 1 << 14
 
 
@@ -151,7 +151,7 @@ class MeshContext:
     def shardings(self, tree: PyTree) -> PyTree:
         """NamedSharding per leaf of ``tree`` (arrays or ShapeDtypeStructs), by path rules."""
         return jax.tree_util.tree_map_with_path(
-            lambda p, x: NamedSharding(self.mesh, self.spec(masks_lib.path_str(p), np.shape(x))),
+            lambda p, x: NamedSharding(self.mesh, self.spec(trees.path_str(p), np.shape(x))),
             tree)
 
     def place(self, tree: PyTree) -> PyTree:

@@ -1,7 +1,15 @@
-"""The class-incremental run: for each task, MIST (optional) then the learner, then evaluation.
+"""The class-incremental run: per task, tune the backbone (MIST), fit the learner, evaluate.
 
-config -> splits -> per task t: [MIST adapt] -> features -> learner.fit_task -> evaluate ->
-checkpoint + outputs (docs/algorithm.md §1). All randomness of task t derives from seed
+Per task t (docs/algorithm.md §1), each step a function you can also call from a notebook:
+
+  mist.score -> mist.select -> mist.tune -> mist.bookkeep    (``mist.Tuner.adapt``; when MIST
+                                                              or the learner tunes the backbone)
+  learner: fit_task on features | learners.fit_on_images    (``Learner.inputs``)
+  evaluate -> checkpoint + outputs
+
+``Run`` only wires them: it builds the data (``data.tasks.load_data``), the backbone
+(``build_backbone``), the learner (``build_learner``: the registry, never a learner's name) and
+MIST's ``Tuner``, and keeps the state between tasks. All randomness of task t derives from seed
 sequences ``(config.seed, stream, t, ...)`` (mist_jax/seeds.py), so a run resumed from the
 checkpoint of task t-1 ends bit-identical to an uninterrupted one on CPU.
 
@@ -15,7 +23,6 @@ results and logs, while every process takes part in the (collective) orbax check
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,59 +34,10 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from mist_jax import masks, metrics, mist, outputs, seeds, sharding
+from mist_jax import learners, masks, metrics, mist, outputs, seeds, sharding
 from mist_jax.checkpoint import RunCheckpointer
-from mist_jax.data import get_preprocess, sources, splits, transforms
-from mist_jax.learners import compensate_drift, get_learner
+from mist_jax.data import batches, get_preprocess, sources, tasks, transforms
 from mist_jax.models import load_pretrained, tiny_vit
-
-
-@dataclass
-class TaskData:
-    """The images of one run, subsampled and remapped once (labels = class-order positions)."""
-
-    train: sources.ImageSet
-    train_idx: np.ndarray  # indices into train (the per-class subsample)
-    train_labels: np.ndarray  # remapped labels of train_idx
-    test: sources.ImageSet
-    test_idx: np.ndarray
-    test_labels: np.ndarray
-    order: np.ndarray
-    ranges: list[tuple[int, int]]
-
-
-def load_data(cfg: ml_collections.ConfigDict) -> TaskData:
-    """Load the splits, fix the class order (docs/benchmarks.md) and subsample per class.
-
-    With ``data.eval_split == "validation"`` the evaluation images are a seeded 20% of each
-    class's training images, and training uses the other 80% (hyperparameter search).
-    Raises: FileNotFoundError / ValueError from ``sources.load_dataset``.
-    """
-    d = cfg.data
-    kw = dict(data_dir=d.data_dir or None, manual_dir=d.manual_dir or None)
-    train = sources.load_dataset(d.name, "train", **kw)
-    order = splits.class_order(train.num_classes, d.class_order_seed)
-    if d.eval_split == "validation":
-        tr, va = splits.per_class_split(train.labels, 0.8, seed=seeds.sequence(cfg.seed, "split"))
-        test, test_pool = train, va
-        train_pool = tr
-    elif d.eval_split == "test":
-        test = sources.load_dataset(d.name, "test", **kw)
-        train_pool, test_pool = np.arange(len(train)), np.arange(len(test))
-    else:
-        raise ValueError(f"data.eval_split must be 'test' or 'validation', got {d.eval_split!r}.")
-
-    def pick(labels, pool, n):
-        if not n:
-            return pool
-        return pool[splits.per_class_subsample(labels[pool], n,
-                                               seed=seeds.sequence(cfg.seed, "subsample"))]
-
-    train_idx = pick(train.labels, train_pool, d.train_per_class)
-    test_idx = pick(test.labels, test_pool, d.test_per_class)
-    return TaskData(train, train_idx, splits.remap_labels(train.labels[train_idx], order),
-                    test, test_idx, splits.remap_labels(test.labels[test_idx], order), order,
-                    splits.task_ranges(train.num_classes, d.init_cls, d.increment))
 
 
 def build_backbone(cfg: ml_collections.ConfigDict):
@@ -92,10 +50,32 @@ def build_backbone(cfg: ml_collections.ConfigDict):
     if m.source == "tiny":
         model = tiny_vit(image_size=cfg.data.image_size, **kw)
         x = jnp.zeros((1, cfg.data.image_size, cfg.data.image_size, 3))
-        params = jax.jit(model.init)(seeds.key(cfg.seed, "backbone"), x)["params"]  # 1 compile, not 1/op
+        params = jax.jit(model.init)(seeds.key(cfg.seed, "backbone"), x)["params"]  # 1 compile
     else:
         model, params = load_pretrained(m.source, image_size=cfg.data.image_size, **kw)
     return model, params, get_preprocess(m.preprocess)
+
+
+def build_learner(cfg: ml_collections.ConfigDict, **run: Any) -> learners.Learner:
+    """The registered learner ``config.learner.name`` from its block ``config.learner.<name>``.
+
+    ``run``: what the run knows (``num_classes``, ``model``, ``preprocess``).
+    Raises: ValueError for an unknown learner, a missing block or a bad key.
+    """
+    name = cfg.learner.name
+    learners.get_learner_class(name)
+    if name not in cfg.learner:
+        raise ValueError(f"The config has no block learner.{name}; add "
+                         f"config.learner.{name} = LEARNERS[{name!r}].default_config().")
+    return learners.get_learner(name, cfg.learner[name], **run)
+
+
+def tuning_config(cfg: ml_collections.ConfigDict, learner: learners.Learner):
+    """The backbone-tuning settings of the run: the learner's own when it ``tunes_backbone``,
+    else ``config.mist`` when MIST is enabled, else None (the backbone stays frozen)."""
+    if learner.tunes_backbone:
+        return learner.tuning(cfg.mist)
+    return cfg.mist if cfg.mist.enabled else None
 
 
 class Run:
@@ -104,41 +84,42 @@ class Run:
     Args:
       cfg: the locked run config (``configs/*.py``).
       workdir: output folder; an existing run there with the same config is resumed.
-      progress: show a tqdm bar per MI epoch.
+      progress: show a tqdm bar per epoch.
+    Raises:
+      ValueError / FileNotFoundError: a bad config value, learner or dataset (before any work).
     """
 
     def __init__(self, cfg: ml_collections.ConfigDict, workdir: str | Path, progress: bool = True):
         sharding.initialize_distributed()
-        self.writer = sharding.is_writer()
         self.cfg, self.workdir = cfg, Path(workdir)
-        self.progress = progress and self.writer
-        self._bar = None
+        self.writer = sharding.is_writer()
+        self.progress, self._bar = progress and self.writer, None
         self.mesh = sharding.from_config(cfg)
-        transforms.get_transforms(cfg.data)  # a bad data.transform fails here, not mid-task
-        self.data = load_data(cfg)
+        self.transforms = transforms.get_transforms(cfg.data)  # fails here, not mid-task
+        self.data = tasks.load_data(cfg)
         self.model, backbone, self.preprocess = build_backbone(cfg)
-        num_classes = self.data.train.num_classes
-        self.finetune = cfg.learner.name == "finetune"
-        mist_cfg = finetune_settings(cfg.mist) if self.finetune else cfg.mist
-        out_dim = num_classes if mist_cfg.objective == "ce" else mist_cfg.proj_dim
+        self.learner = build_learner(cfg, num_classes=self.data.num_classes, model=self.model,
+                                     preprocess=self.preprocess)
+        self.tuning = tuning_config(cfg, self.learner)
+        mist_cfg = self.tuning or cfg.mist
+        out_dim = self.data.num_classes if mist_cfg.objective == "ce" else mist_cfg.proj_dim
         head = mist.init_head(seeds.key(cfg.seed, "head"), self.model.width, out_dim)
         self.params = self.mesh.place({"backbone": backbone, "head": head})
         self.mist_state = masks.MistState(*self.mesh.place(tuple(
             masks.init_mist_state(self.params))))
-        if cfg.learner.drift_compensation and cfg.learner.name != "simplecil":
-            raise ValueError("learner.drift_compensation moves class prototypes and applies to "
-                             f"learner.name='simplecil' only, not {cfg.learner.name!r}.")
-        self.learner = get_learner(cfg.learner.name, **_learner_kwargs(cfg, num_classes))
         self.learner_state = self.learner.init(seeds.key(cfg.seed, "learner"), self.model.width)
-        self.adapter = None
-        if cfg.mist.enabled or self.finetune:
+        self.tuner = None
+        if self.tuning is not None:
             loss_fn = mist.make_loss_fn(self.model, self.preprocess, mist_cfg.objective,
                                         mist_cfg.temperature, out_dim)
-            self.adapter = mist.Adapter(loss_fn, mist_cfg, self.mesh)
+            self.tuner = mist.Tuner(loss_fn, mist_cfg, self.params, self.mesh)
+        backbone_sh = self.mesh.shardings(self.params)["backbone"]
+        rep = self.mesh.replicated
         self._features = jax.jit(
             lambda p, x: self.model.apply({"params": p}, self.preprocess(x)),
-            in_shardings=(self.mesh.shardings(self.params)["backbone"], None),
-            out_shardings=self.mesh.replicated)
+            in_shardings=(backbone_sh, None), out_shardings=rep)
+        self._image_logits = jax.jit(self.learner.logits, out_shardings=rep) \
+            if self.learner.inputs == "images" else None
         # Test features per test image, valid while the backbone is unchanged (version).
         self._backbone_version, self._test_cache = 0, None
         self.record = {"next_task": 0, "acc_matrix": [], "top1_curve": [], "top5_curve": [],
@@ -177,45 +158,30 @@ class Run:
 
     # ----------------------------------------------------------------- data
     def _batches(self, images: sources.ImageSet, idx: np.ndarray, labels: np.ndarray, batch: int,
-                 seed: tuple[int, ...] | None = None, key: jax.Array | None = None,
+                 streams: tuple[str, int, int] | None = None, key: jax.Array | None = None,
                  desc: str | None = None):
         """Global batches on the mesh, prefetched 2 deep: (float32[B, S, S, 3] images in [0, 1],
-        int32[B] labels[, PRNG key]).
+        int32[B] labels[, PRNG key]) (``data.batches.host_batches``).
 
-        With ``seed = (config.seed, t, e)``: shuffled by ``seeds.rng(config.seed, "order", t, e)``,
-        with the train transform (docs/benchmarks.md) of the image at shuffled position i drawn
-        from ``seeds.rng(config.seed, "transform", t, e, i)``; without: in order, with the test
-        transform. Each process transforms only its own rows (``MeshContext.local_rows``).
+        ``streams = (prefix, t, e)``: shuffled, train transform, seed sequences
+        ``(config.seed, prefix + "order" | prefix + "transform", t, e)``; None: in order, test
+        transform. ``key``: batch b also gets ``fold_in(key, b)``.
         """
-        host = self._host_batches(images, idx, labels, batch, seed, key, desc)
-        return sharding.prefetch(host, lambda b: self.mesh.put_batch(b[1], b[0]), size=2)
-
-    def _host_batches(self, images, idx, labels, batch, seed, key, desc):
-        """(global batch size, this process's rows of (images, labels)[, key]) per batch."""
-        train_transform, test_transform = transforms.get_transforms(self.cfg.data)
-        if seed is None:
-            order, transform = np.arange(len(idx)), test_transform
-        else:
-            run_seed, *task_epoch = seed
-            order = seeds.rng(run_seed, "order", *task_epoch).permutation(len(idx))
-            transform = train_transform
-        starts = range(0, len(idx), batch)
+        train_tf, test_tf = self.transforms
+        seqs = {}
+        if streams is not None:
+            prefix, t, e = streams
+            seqs = dict(order_seq=seeds.sequence(self.cfg.seed, prefix + "order", t, e),
+                        transform_seq=seeds.sequence(self.cfg.seed, prefix + "transform", t, e))
+        host = batches.host_batches(images, idx, labels, batch,
+                                    train_tf if streams is not None else test_tf,
+                                    local_rows=self.mesh.local_rows, **seqs)
+        if key is not None:
+            host = batches.with_keys(host, key)
         if desc is not None:
-            starts = self._bar = tqdm.tqdm(starts, desc=desc, leave=False,
-                                           disable=not self.progress)
-        for b, start in enumerate(starts):
-            n = min(batch, len(idx) - start)
-            rows = self.mesh.local_rows(n)
-            pos = np.arange(start, start + n)[rows]
-            sel = order[pos]
-            picked = images.take(idx[sel])
-            if seed is None:
-                x = transform(picked)
-            else:
-                x = np.concatenate([transform([im], seeds.rng(run_seed, "transform", *task_epoch, p))
-                                    for im, p in zip(picked, pos)])
-            out = (x, labels[sel].astype(np.int32))
-            yield n, (out if key is None else out + (jax.random.fold_in(key, b),))
+            host = self._bar = tqdm.tqdm(host, desc=desc, leave=False, disable=not self.progress,
+                                         total=-(-len(idx) // batch))
+        return sharding.prefetch(host, lambda b: self.mesh.put_batch(b[1], b[0]), size=2)
 
     def features(self, split: str, idx: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """float32[N, D] backbone features with the test transform (docs/algorithm.md §9)."""
@@ -243,51 +209,29 @@ class Run:
     # ----------------------------------------------------------------- the loop
     def run(self) -> dict:
         """Run (or finish) every task; returns the results dict also written to results.json."""
-        cfg, data = self.cfg, self.data
-        for t in range(self.record["next_task"], len(data.ranges)):
+        for t in range(self.record["next_task"], len(self.data.ranges)):
             self._task(t)
         self.events.close()
         self.ckpt.close()
         if self.writer:
-            return outputs.finish(self.workdir, cfg, self.record)
+            return outputs.finish(self.workdir, self.cfg, self.record)
         rec = self.record
         return dict(metrics.summarize(rec["acc_matrix"], rec["top1_curve"], rec["top5_curve"]),
                     tasks=rec["tasks"], class_order=rec["class_order"])
 
     def _task(self, t: int) -> None:
-        cfg, data = self.cfg, self.data
-        lo, hi = data.ranges[t]
+        lo, hi = self.data.ranges[t]
         t0 = time.perf_counter()
-        sel = (data.train_labels >= lo) & (data.train_labels < hi)
-        idx, labels = data.train_idx[sel], data.train_labels[sel]
-        task_log: dict[str, Any] = {"task": t, "classes": [lo, hi], "train_images": int(sel.sum())}
-        use_mist = self.adapter is not None and (cfg.mist.tasks == "all" or t == 0
-                                                 or self.finetune)
-        if use_mist:
-            before = self.features("train", idx, labels) if cfg.learner.drift_compensation else None
-            bs = cfg.mist.batch_size
-            epoch_batches = lambda e: self._batches(
-                data.train, idx, labels, bs, seed=(cfg.seed, t, e),
-                key=seeds.key(cfg.seed, "views", t, e),
-                desc=f"task {t} MI epoch {e + 1}/{cfg.mist.epochs}" + (" (scoring)" if e == 0 else ""))
-            self.params, self.mist_state, log = self.adapter.adapt(
-                self.params, self.mist_state, epoch_batches, seed=seeds.key(cfg.seed, "drop", t),
-                on_step=lambda row: self._on_step(t, row))
-            self._backbone_version += 1
-            task_log.update(log)
-        feats = self.features("train", idx, labels)
-        if use_mist and cfg.learner.drift_compensation and t > 0:
-            # SDC on the unit sphere, where sigma = 0.3 has the meaning of Yu et al.'s
-            # normalised embeddings; the cosine classifier only uses prototype directions.
-            unit = lambda x: x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-            protos = compensate_drift(unit(np.asarray(self.learner_state.prototypes)),
-                                      unit(before), unit(feats), cfg.learner.drift_sigma)
-            self.learner_state = self.learner_state.replace(prototypes=protos)
-        if self.finetune:
-            self.learner_state = self.learner.with_classifier(
-                self.learner_state, jax.device_get(self.params["head"]))
-        self.learner_state = self.learner.fit_task(self.learner_state, feats, labels, (lo, hi))
-        row, top1, top5 = self._evaluate(hi)
+        idx, labels = self.data.task(t)
+        task_log: dict[str, Any] = {"task": t, "classes": [lo, hi], "train_images": len(idx)}
+        before = None
+        if self.tuner is not None and (self.learner.tunes_backbone
+                                       or self.cfg.mist.tasks == "all" or t == 0):
+            if self.learner.tracks_drift and t > 0:
+                before = self.features("train", idx, labels)
+            task_log.update(self.tune_backbone(t, idx, labels))
+        task_log.update(self.fit_learner(t, idx, labels, before))
+        row, top1, top5 = self.evaluate(hi)
         rec = self.record
         rec["acc_matrix"].append(row)
         rec["top1_curve"].append(top1)
@@ -301,21 +245,60 @@ class Run:
                      " ".join(f"{a:.1f}" for a in row))
         self.ckpt.save(t, self._state_tree(), rec)
 
+    def tune_backbone(self, t: int, idx: np.ndarray, labels: np.ndarray) -> dict:
+        """MIST (or the learner's own tuning) on task t's images; returns its log."""
+        cfg = self.cfg
+        epochs = self.tuning.epochs
+        epoch_batches = lambda e: self._batches(
+            self.data.train, idx, labels, self.tuning.batch_size, streams=("", t, e),
+            key=seeds.key(cfg.seed, "views", t, e),
+            desc=f"task {t} MI epoch {e + 1}/{epochs}" + (" (scoring)" if e == 0 else ""))
+        self.params, self.mist_state, log = self.tuner.adapt(
+            self.params, self.mist_state, epoch_batches, seeds.key(cfg.seed, "drop", t),
+            on_step=lambda row: self._on_step(t, row))
+        self._backbone_version += 1
+        self.learner_state = self.learner.after_tuning(self.learner_state, self.params)
+        return log
+
+    def fit_learner(self, t: int, idx: np.ndarray, labels: np.ndarray, before=None) -> dict:
+        """The learner's step on task t: ``fit_task`` on features (after ``compensate`` with
+        the features ``before`` tuning, if given), or ``fit_on_images``; returns its log."""
+        learner, task_range = self.learner, self.data.ranges[t]
+        if learner.inputs == "images":
+            epoch_batches = lambda e: self._batches(
+                self.data.train, idx, labels, learner.batch_size, streams=("learner_", t, e),
+                desc=f"task {t} {learner.name} epoch {e + 1}/{learner.epochs}")
+            self.learner_state, losses = learners.fit_on_images(
+                learner, self.learner_state, self.params["backbone"], epoch_batches, task_range)
+            return {"learner_loss_per_epoch": losses}
+        feats = self.features("train", idx, labels)
+        if before is not None:
+            self.learner_state = learner.compensate(self.learner_state, before, feats)
+        self.learner_state = learner.fit_task(self.learner_state, feats, labels, task_range)
+        return {}
+
     def _on_step(self, t: int, row: dict) -> None:
         self.events.write(dict(row, event="mist_step", task=t), step=t * 100000 + row["step"])
         if self._bar is not None:
             self._bar.set_postfix(loss=f"{row['mi_loss']:.3f}")
 
-    def _evaluate(self, num_seen: int) -> tuple[list[float], float, float]:
+    def evaluate(self, num_seen: int) -> tuple[list[float], float, float]:
+        """(per-task accuracy row, top-1, top-5) in % on the test images of the first
+        ``num_seen`` classes (docs/benchmarks.md)."""
         data = self.data
-        sel = data.test_labels < num_seen
-        feats = self._test_features(np.flatnonzero(sel))
-        logits = np.asarray(self.learner.logits(self.learner_state, feats))
+        pos = data.seen(num_seen)
+        labels = data.test_labels[pos]
+        if self._image_logits is not None:
+            logits = np.concatenate([np.asarray(self._image_logits(
+                self.learner_state, self.params["backbone"], x)) for x, _ in self._batches(
+                    data.test, data.test_idx[pos], labels, self.cfg.learner.eval_batch_size)])
+        else:
+            logits = np.asarray(self.learner.logits(self.learner_state,
+                                                    self._test_features(pos)))
+        logits = logits[:, :num_seen]
         seen = [r for r in data.ranges if r[1] <= num_seen]
-        row = metrics.accuracy_row(logits, data.test_labels[sel], seen)
-        top1 = metrics.topk_accuracy(logits, data.test_labels[sel], 1)
-        top5 = metrics.topk_accuracy(logits, data.test_labels[sel], 5)
-        return row, top1, top5
+        return (metrics.accuracy_row(logits, labels, seen),
+                metrics.topk_accuracy(logits, labels, 1), metrics.topk_accuracy(logits, labels, 5))
 
 
 #: Per-tensor task-log entries kept in results.json but not in the event log.
@@ -330,22 +313,3 @@ class _NoLog:
 
     def close(self) -> None:
         pass
-
-
-def _learner_kwargs(cfg, num_classes: int) -> dict:
-    if cfg.learner.name == "ranpac":
-        return {"num_projections": cfg.learner.ranpac_dim}
-    if cfg.learner.name == "finetune":
-        return {"num_classes": num_classes}
-    return {}
-
-
-def finetune_settings(mist_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """``config.mist`` turned into dense cross-entropy fine-tuning of the whole backbone and a
-    classifier over all classes: every weight selected, no drop, no damping, no freezing (the
-    forgetting-prone reference). Learning rates, epochs and batch size stay as configured."""
-    cfg = mist_cfg.copy_and_resolve_references()
-    with cfg.unlocked():
-        cfg.update(objective="ce", selector="random", select_rate=1.0, drop_rate=0.0,
-                   overlap_decay=1.0, bookkeeping=False)
-    return cfg

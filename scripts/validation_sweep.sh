@@ -16,4 +16,4 @@ mkdir -p "$OUT"
 run authors --config.mist.learning_rate=1e-4                 # MIST on every task
 run lr1e-5 --config.compare_baseline=False
 run first_task --config.mist.learning_rate=1e-4 --config.mist.tasks=first --config.compare_baseline=False
-run drift --config.mist.learning_rate=1e-4 --config.learner.drift_compensation=True --config.compare_baseline=False
+run drift --config.mist.learning_rate=1e-4 --config.learner.simplecil.drift_compensation=True --config.compare_baseline=False

@@ -4,6 +4,7 @@ import chex
 import jax
 import numpy as np
 import pytest
+from ml_collections import ConfigDict
 
 from mist_jax.learners import RanPAC, SimpleCIL, compensate_drift, get_learner
 from mist_jax.learners.ranpac import RIDGES, ridge_validation_losses
@@ -132,11 +133,11 @@ def test_ranpac_accepts_typed_keys_and_states_are_pytrees():
 
 def test_get_learner_registry():
     assert isinstance(get_learner("simplecil"), SimpleCIL)
-    assert get_learner("ranpac", num_projections=16).num_projections == 16
+    assert get_learner("ranpac", ConfigDict({"num_projections": 16})).num_projections == 16
     with pytest.raises(ValueError, match="Unknown learner"):
         get_learner("ease")
-    with pytest.raises(ValueError, match="hyper-parameters"):
-        get_learner("ranpac", M=3)
+    with pytest.raises(ValueError, match="Bad config"):
+        get_learner("ranpac", ConfigDict({"M": 3}))
 
 
 # ---------------------------------------------------------------- drift compensation

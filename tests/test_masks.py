@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
-from mist_jax import masks
+from mist_jax import mask_stats, masks, trees
 
 SHAPES = {
     "backbone": {
@@ -61,7 +61,7 @@ def random_tree(seed, ties=False):
 
 def flat(tree):
     leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {masks.path_str(p): np.asarray(v) for p, v in leaves}
+    return {trees.path_str(p): np.asarray(v) for p, v in leaves}
 
 
 class QuantileTest(chex.TestCase, parameterized.TestCase):
@@ -113,24 +113,24 @@ class SelectTopTest(chex.TestCase, parameterized.TestCase):
 class ExemptAndPrefixTest(parameterized.TestCase):
     def test_default_exempt(self):
         tree = jax.tree.map(jnp.zeros, SHAPES, is_leaf=is_shape)
-        self.assertEqual(flat(masks.exempt_tree(tree)), {k: np.asarray(v) for k, v in EXEMPT.items()})
-        self.assertEqual(flat(masks.tree_paths(tree))["head/bias"], "head/bias")
+        self.assertEqual(flat(trees.exempt_tree(tree, masks.DEFAULT_EXEMPT)), {k: np.asarray(v) for k, v in EXEMPT.items()})
+        self.assertEqual(flat(trees.tree_paths(tree))["head/bias"], "head/bias")
 
     def test_string_patterns_rejected(self):
         with self.assertRaisesRegex(ValueError, "wrap it in a tuple"):
-            masks.exempt_tree({"a": 1}, r"bias$")
+            trees.exempt_tree({"a": 1}, r"bias$")
 
     def test_expand_prefix(self):
         params = {"backbone": {"w": jnp.zeros((2, 3))}, "head": {"k": jnp.zeros((3,))}}
-        got = masks.expand_prefix({"backbone": {"w": jnp.ones((2, 3))}, "head": None}, params, 5)
+        got = trees.expand_prefix({"backbone": {"w": jnp.ones((2, 3))}, "head": None}, params, 5)
         np.testing.assert_array_equal(got["backbone"]["w"], np.ones((2, 3)))
         self.assertEqual(got["head"]["k"].shape, ())  # scalar, broadcastable, not materialised
         self.assertEqual(int(got["head"]["k"]), 5)
-        self.assertEqual(int(masks.expand_prefix(None, params, 0)["backbone"]["w"]), 0)
+        self.assertEqual(int(trees.expand_prefix(None, params, 0)["backbone"]["w"]), 0)
         with self.assertRaisesRegex(ValueError, "not a prefix"):
-            masks.expand_prefix({"backbone": None}, params, 0)
+            trees.expand_prefix({"backbone": None}, params, 0)
         with self.assertRaisesRegex(ValueError, "does not broadcast.*backbone/w"):
-            masks.expand_prefix({"backbone": jnp.ones(4), "head": None}, params, 0)
+            trees.expand_prefix({"backbone": jnp.ones(4), "head": None}, params, 0)
 
 
 class SelectorsTest(parameterized.TestCase):
@@ -175,13 +175,13 @@ class CoverageTest(parameterized.TestCase):
             "backbone": {"w": jnp.asarray([[1, 0], [0, 0]], bool), "bias": jnp.ones(3, bool)},
             "head": {"kernel": jnp.ones((2, 2), bool)},
         }
-        report = masks.coverage(mask)
+        report = mask_stats.coverage(mask)
         self.assertEqual(
             report, {"backbone/bias": (3, 3), "backbone/w": (1, 4), "head/kernel": (4, 4)}
         )
-        self.assertAlmostEqual(masks.overall_fraction(report), 8 / 11)
-        self.assertAlmostEqual(masks.overall_fraction(report, masks.DEFAULT_EXEMPT), 1 / 4)
-        text = masks.format_coverage(report, masks.DEFAULT_EXEMPT)
+        self.assertAlmostEqual(mask_stats.overall_fraction(report), 8 / 11)
+        self.assertAlmostEqual(mask_stats.overall_fraction(report, masks.DEFAULT_EXEMPT), 1 / 4)
+        text = mask_stats.format_coverage(report, masks.DEFAULT_EXEMPT)
         self.assertIn("backbone/w", text)
         self.assertIn("25.000%", text)
 
@@ -286,7 +286,7 @@ class FusedUnitsTest(parameterized.TestCase):
         self.assertEqual(float(np.asarray(attn["query"]["kernel"])[frozen["query"]["kernel"]][0]),
                          top)
         self.assertFalse(np.any(frozen["key"]["kernel"]) or np.any(frozen["value"]["kernel"]))
-        report = masks.coverage(mask)
+        report = mask_stats.coverage(mask)
         prefix = "backbone/encoderblock_0/attn/"
         self.assertEqual(set(report), {prefix + k for k in (
             "qkv/kernel", "out/kernel", "query/bias", "key/bias", "value/bias")})
@@ -304,7 +304,7 @@ class FusedUnitsTest(parameterized.TestCase):
         scores = {"backbone": {"cls_token": jnp.array([4.0, 0.0]), "encoderblock_0": {"attn": {
             "query": {"kernel": jnp.full((2, 2), 3.0)}, "key": {"kernel": jnp.ones((2, 2))},
             "query_bias_like": {"bias": jnp.array([100.0, 100.0])}}}}}
-        got = masks.task_summary(mask, scores, count)
+        got = mask_stats.task_summary(mask, scores, count)
         self.assertEqual(got["block_selected"]["q"], [75.0])
         self.assertEqual(got["block_selected"]["k"], [25.0])
         self.assertEqual(got["block_selected"]["v"], [None])

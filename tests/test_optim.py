@@ -13,7 +13,7 @@ import optax
 import pytest
 from absl.testing import parameterized
 
-from mist_jax import optim
+from mist_jax import drop, optim
 
 
 def small_tree(seed=0):
@@ -71,7 +71,7 @@ class DropTest(chex.TestCase, parameterized.TestCase):
     def test_keep_mask_statistics(self, p):
         n_keys, n = 50, 4096
         draws = np.stack([
-            np.asarray(optim.keep_mask(jax.random.PRNGKey(k), (n,), p)) for k in range(n_keys)
+            np.asarray(drop.keep_mask(jax.random.PRNGKey(k), (n,), p)) for k in range(n_keys)
         ])
         total = draws.size
         self.assertLess(abs(draws.mean() - p), 3 * np.sqrt(p * (1 - p) / total))
@@ -85,10 +85,10 @@ class DropTest(chex.TestCase, parameterized.TestCase):
     def test_keep_mask_uses_row_major_flat_index(self):
         key = jax.random.PRNGKey(3)
         np.testing.assert_array_equal(
-            optim.keep_mask(key, (6, 7, 5), 0.3), optim.keep_mask(key, (210,), 0.3).reshape(6, 7, 5)
+            drop.keep_mask(key, (6, 7, 5), 0.3), drop.keep_mask(key, (210,), 0.3).reshape(6, 7, 5)
         )
-        self.assertTrue(np.all(optim.keep_mask(key, (9,), 1.0)))
-        self.assertFalse(np.any(optim.keep_mask(key, (9,), 0.0)))
+        self.assertTrue(np.all(drop.keep_mask(key, (9,), 1.0)))
+        self.assertFalse(np.any(drop.keep_mask(key, (9,), 0.0)))
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_mask_overlap_decay_and_frozen(self):
@@ -180,8 +180,8 @@ class SgdRuleTest(parameterized.TestCase):
         frozen = {"backbone": {"w": rng.random((6, 5)) < 0.1, "bias": None}, "head": None}
         steps = 5
         tx = optim.mist_optimizer(
-            mask, count, frozen, drop_rate=drop_rate, seed=11, learning_rate=lr, head_learning_rate=head_lr
-        )
+            mask, count, frozen, drop_rate=drop_rate, seed=11,
+            inner=optim.inner_optimizer(learning_rate=lr, head_learning_rate=head_lr))
         history = run_steps(tx, params, targets, steps)
         lives = [flat(l) for l in live_masks(params, mask, count, frozen, steps, drop_rate, seed=11)]
         scales = {
@@ -202,7 +202,8 @@ class SgdRuleTest(parameterized.TestCase):
         params, targets = small_tree(0), small_tree(1)
         mask = {"backbone": {"w": np.random.default_rng(5).random((6, 5)) < select, "bias": None}, "head": None}
         steps = 4
-        tx = optim.mist_optimizer(mask, None, None, sparsity="strict", drop_rate=0.5, seed=2, learning_rate=0.1)
+        tx = optim.mist_optimizer(mask, None, None, sparsity="strict", drop_rate=0.5, seed=2,
+                                  inner=optim.inner_optimizer(learning_rate=0.1))
         history = [flat(h) for h in run_steps(tx, params, targets, steps)]
         lives = [flat(l) for l in live_masks(params, mask, None, None, steps, 0.5, seed=2)]
         for t in range(steps):

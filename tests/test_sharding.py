@@ -32,7 +32,7 @@ def _worker(out_dir: str) -> None:
     import jax
 
     from configs import default as default_config
-    from mist_jax import masks, sensitivity, train
+    from mist_jax import masks, sensitivity, train, trees
 
     assert jax.device_count() == 8, jax.devices()
     recorded = {}
@@ -60,7 +60,7 @@ def _worker(out_dir: str) -> None:
         t0 = time.perf_counter()
         run = train.Run(cfg, Path(out_dir) / name.replace(" ", "_"), progress=False)
         res = run.run()
-        flat = lambda tree: {masks.path_str(p): np.asarray(x)
+        flat = lambda tree: {trees.path_str(p): np.asarray(x)
                              for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
         arrays = {}
         for kind, tree in (("params", run.params), ("count", run.mist_state.count),
@@ -68,7 +68,7 @@ def _worker(out_dir: str) -> None:
                            *((f"scores{t}", s) for t, s in enumerate(recorded["scores"])),
                            *((f"mask{t}", m) for t, m in enumerate(recorded["mask"]))):
             arrays.update({f"{kind}:{k}": v for k, v in flat(tree).items()})
-        specs = {masks.path_str(p): str(x.sharding.spec)
+        specs = {trees.path_str(p): str(x.sharding.spec)
                  for p, x in jax.tree_util.tree_flatten_with_path(run.params)[0]}
         np.savez(Path(out_dir) / f"{name}.npz", **arrays)
         summary = {k: res[k] for k in ("acc_matrix", "top1_curve")}

@@ -1,13 +1,14 @@
-"""Train / test transforms and the seeded batch iterator (data/transforms.py)."""
+"""Train / test transforms (data/transforms.py) and the seeded batch stream (data/batches.py)."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from mist_jax.data.batches import host_batches
 from mist_jax.data.sources import ImageSet
 from mist_jax.data.transforms import (
     IMAGENET_MEAN, IMAGENET_STD, EvalTransform, ResizeCropTransform, TrainTransform,
-    get_transforms, iterate_batches, random_resized_crop_params, scaled, test_transform, to_rgb,
+    get_transforms, random_resized_crop_params, scaled, test_transform, to_rgb,
     train_transform)
 
 
@@ -101,28 +102,39 @@ def _image_set(n=10):
     return ImageSet(images, np.arange(n, dtype=np.int64) % 3, 3, ("a", "b", "c"))
 
 
-def test_iterate_batches_covers_indices_once():
+def _ids(batches):
+    """Sample ids of a batch stream (pixel value = sample id)."""
+    return np.concatenate([np.rint(x[:, 0, 0, 0] * 255).astype(int) for _, (x, _) in batches])
+
+
+def test_host_batches_cover_indices_once_in_order():
     s = _image_set()
     idx = np.array([9, 2, 4, 7, 0, 5, 1])
-    batches = list(iterate_batches(s, idx, 3, test_transform(4, resize=6), seed=0))
-    assert [b[0].shape[0] for b in batches] == [3, 3, 1]
-    seen = np.concatenate([np.rint(b[0][:, 0, 0, 0] * 255).astype(int) for b in batches])
-    assert seen.tolist() == idx.tolist()  # unshuffled order; pixel value = sample id
-    labels = np.concatenate([b[1] for b in batches])
+    batches = list(host_batches(s, idx, s.labels[idx], 3, test_transform(4, resize=6)))
+    assert [n for n, _ in batches] == [3, 3, 1]
+    assert _ids(batches).tolist() == idx.tolist()
+    labels = np.concatenate([y for _, (_, y) in batches])
     assert labels.dtype == np.int32 and labels.tolist() == (idx % 3).tolist()
-    dropped = list(iterate_batches(s, idx, 3, test_transform(4, resize=6), 0, drop_last=True))
-    assert [b[0].shape[0] for b in dropped] == [3, 3]
+    # A process holding the first two rows of each global batch gets just those.
+    rows = list(host_batches(s, idx, s.labels[idx], 3, test_transform(4, resize=6),
+                             local_rows=lambda n: slice(0, min(n, 2))))
+    assert [n for n, _ in rows] == [3, 3, 1] and _ids(rows).tolist() == [9, 2, 7, 0, 1]
 
 
-def test_iterate_batches_shuffle_is_seeded_permutation():
+def test_host_batches_shuffle_is_a_seeded_permutation():
     s = _image_set()
     idx = np.arange(10)
+    tr = train_transform(4)
+
     def ids(seed):
-        return np.concatenate([np.rint(b[0][:, 0, 0, 0] * 255).astype(int) for b in
-                               iterate_batches(s, idx, 4, test_transform(4, resize=6), seed,
-                                               shuffle=True)])
+        return _ids(host_batches(s, idx, s.labels, 4, tr, (seed, 1), (seed, 2)))
+
     assert sorted(ids(0).tolist()) == list(range(10))
-    assert np.array_equal(ids(0), ids(0)) and not np.array_equal(ids(0), ids(1))
+    want = np.random.default_rng((0, 1)).permutation(10)  # the documented order draw
+    np.testing.assert_array_equal(ids(0), want)
+    assert not np.array_equal(ids(0), ids(1))
+    with pytest.raises(ValueError, match="both"):
+        list(host_batches(s, idx, s.labels, 4, tr, (0, 1)))
 
 
 # --------------------------------------------------------------------------- Cars-196 pipeline

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -229,39 +229,3 @@ def get_transforms(data) -> tuple[TrainTransform | ResizeCropTransform, EvalTran
                 EvalTransform(size, scaled(size, 256), **norm))
     raise ValueError(f"Unknown data.transform {name!r}; choose one of {list(TRANSFORMS)} "
                      "(e.g. --config.data.transform=cars for the Cars-196 pipeline).")
-
-
-def iterate_batches(image_set, indices, batch_size: int, transform, seed: int,
-                    shuffle: bool = False, drop_last: bool = False
-                    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Batches (images float32 [B, size, size, 3], labels int32 [B]) of `image_set[indices]`.
-
-    One ``np.random.default_rng(seed)`` draws the shuffle (if any) then each batch's
-    augmentation, so the stream is a function of (indices, batch_size, transform, seed, flags).
-    Labels are ``image_set.labels``: remap them first, e.g.
-    ``dataclasses.replace(s, labels=remap_labels(s.labels, order))``.
-
-    Args:
-      image_set: an ``ImageSet`` (sources.py).
-      indices: int[n] sample indices into image_set.
-      batch_size: B >= 1.
-      transform: ``(images, rng) -> float32 [B, size, size, 3]`` (TrainTransform,
-        ResizeCropTransform, EvalTransform).
-      seed: random seed.
-      shuffle: shuffle `indices` first.
-      drop_last: drop a last batch smaller than B.
-
-    Raises:
-      ValueError: batch_size < 1.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    rng = np.random.default_rng(seed)
-    indices = np.asarray(indices, np.int64)
-    if shuffle:
-        indices = rng.permutation(indices)
-    for start in range(0, indices.size, batch_size):
-        batch = indices[start:start + batch_size]
-        if drop_last and batch.size < batch_size:
-            return
-        yield transform(image_set.take(batch), rng), image_set.labels[batch].astype(np.int32)

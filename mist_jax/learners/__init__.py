@@ -1,30 +1,62 @@
-"""Learners on backbone features (docs/algorithm.md §9): SimpleCIL, RanPAC (freeze-based), SDC,
-and the full fine-tuning reference."""
+"""Learners (docs/algorithm.md §9): one registry of plug-ins, keyed by ``Learner.name``.
+
+Built in: SimpleCIL and RanPAC (freeze-based, on features), the full fine-tuning reference.
+A new learner is one file (a ``Learner`` or ``ImageLearner`` subclass) plus one line below, or
+a ``register(MyLearner)`` call from your own code before the config is built; its config block
+``config.learner.<name>`` comes from its ``default_config``.
+"""
 
 from mist_jax.learners.base import Learner, check_task
 from mist_jax.learners.drift import compensate_drift
 from mist_jax.learners.finetune import FineTune, FineTuneState
+from mist_jax.learners.images import ImageLearner, fit_on_images
 from mist_jax.learners.ranpac import RanPAC, RanPACState
 from mist_jax.learners.simplecil import SimpleCIL, SimpleCILState
 
-LEARNERS = {"simplecil": SimpleCIL, "ranpac": RanPAC, "finetune": FineTune}
+LEARNERS: dict[str, type[Learner]] = {}
 
 
-def get_learner(name: str, **kwargs) -> Learner:
-    """The learner `name` ("simplecil", "ranpac", "finetune") built with hyper-parameters `kwargs`.
+def register(cls: type[Learner]) -> type[Learner]:
+    """Add a learner class under ``cls.name`` (usable as a class decorator); returns ``cls``.
 
-    Example: ``get_learner("ranpac", num_projections=2000)``.
+    Raises: ValueError if another class holds that name.
+    """
+    if LEARNERS.get(cls.name, cls) is not cls:
+        raise ValueError(f"A different learner is already registered as {cls.name!r}.")
+    LEARNERS[cls.name] = cls
+    return cls
+
+
+for _builtin in (SimpleCIL, RanPAC, FineTune):
+    register(_builtin)
+
+
+def get_learner_class(name: str) -> type[Learner]:
+    """The registered class ``name``. Raises ValueError naming the registered ones."""
+    if name not in LEARNERS:
+        raise ValueError(f"Unknown learner {name!r}; choose from {sorted(LEARNERS)} (or "
+                         "mist_jax.learners.register your own).")
+    return LEARNERS[name]
+
+
+def get_learner(name: str, config=None, **run) -> Learner:
+    """The learner ``name`` built from its config block (default: its ``default_config``) and
+    what the run knows (``num_classes``, ``model``, ``preprocess``).
+
+    Example: ``get_learner("ranpac", ConfigDict({"num_projections": 2000}))``.
 
     Raises:
-      ValueError: unknown name or hyper-parameter.
+      ValueError: unknown name or config key.
     """
-    if name not in LEARNERS:
-        raise ValueError(f"Unknown learner {name!r}; choose from {sorted(LEARNERS)}.")
+    cls = get_learner_class(name)
+    config = cls.default_config() if config is None else config
     try:
-        return LEARNERS[name](**kwargs)
+        return cls.from_config(config, **run)
     except TypeError as e:
-        raise ValueError(f"Bad hyper-parameters for learner {name!r}: {e}") from e
+        raise ValueError(f"Bad config for learner {name!r}: {e}; its keys are "
+                         f"{sorted(cls.default_config())}.") from e
 
 
-__all__ = ["LEARNERS", "FineTune", "FineTuneState", "Learner", "RanPAC", "RanPACState", "SimpleCIL", "SimpleCILState",
-           "check_task", "compensate_drift", "get_learner"]
+__all__ = ["LEARNERS", "FineTune", "FineTuneState", "ImageLearner", "Learner", "RanPAC",
+           "RanPACState", "SimpleCIL", "SimpleCILState", "check_task", "compensate_drift",
+           "fit_on_images", "get_learner", "get_learner_class", "register"]

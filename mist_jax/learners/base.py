@@ -1,36 +1,93 @@
-"""The interface of freeze-based learners: classifiers fitted on frozen-backbone features.
+"""What a learner is: a registered plug-in that declares what it needs from the run.
 
-docs/algorithm.md §1 and §9: after each task's sparse tuning the backbone is frozen and the
-learner fits its classifier on features of the task's training images (test transform). A
-learner is an immutable hyper-parameter object with three pure methods; its state is a pytree
-(``flax.struct.dataclass``) that orbax can checkpoint. Labels are remapped (class-order
-positions) and tasks arrive in order: task t covers classes [start, end) with start equal to
-the number of classes seen before it.
+docs/algorithm.md §1 and §9. After each task's backbone tuning (MIST, or none) the runner
+hands the task to the learner. A learner is an immutable hyper-parameter object built from its
+own config block (``config.learner.<name>``, ``default_config``); its state is a pytree
+(``flax.struct.dataclass``) that orbax checkpoints next to the backbone. Labels are remapped
+(class-order positions) and tasks arrive in order: task t covers classes [start, end) with
+start equal to the number of classes seen before it.
+
+Two kinds (``inputs``):
+
+* ``"features"``: freeze-based learners (SimpleCIL, RanPAC) fit a classifier on features
+  float32[N, D] of the frozen backbone (test transform): ``init(key, feature_dim)``,
+  ``fit_task(state, features, labels, task_range)``, ``logits(state, features)``.
+* ``"images"``: learners with a trainable pytree of their own (prompts, adapters, a head)
+  trained through the frozen backbone on augmented images: see ``ImageLearner``; the runner's
+  ``learners.loop.fit_on_images`` trains it.
+
+Hooks with defaults let a learner change the run without the runner knowing its name:
+``tunes_backbone`` + ``tuning`` (the learner tunes the backbone itself on every task, e.g.
+dense fine-tuning), ``after_tuning`` (read the tuned params), ``tracks_drift`` +
+``compensate`` (move old statistics when the backbone moved).
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import dataclasses
+from typing import Any, ClassVar
 
-import jax
+import ml_collections
 import numpy as np
 
 State = Any
+PyTree = Any
+INPUTS = ("features", "images")
 
 
-class Learner(Protocol):
-    """init -> fit_task per task -> logits over all seen classes."""
+class Learner:
+    """Base class of every learner (subclass it as a frozen dataclass).
 
-    name: str
+    Class attributes: ``name`` (registry key and config block name), ``inputs`` ("features"
+    or "images"), ``tunes_backbone`` (True: the learner tunes the backbone on every task with
+    the settings of ``tuning``, whatever ``mist.enabled`` says; its runs are named after it).
 
-    def init(self, key: jax.Array, feature_dim: int) -> State:
-        """Empty state for features of size `feature_dim` (key: the learner's randomness)."""
+    Features learners implement ``init(key, feature_dim)``, ``fit_task(state, features,
+    labels, task_range)`` and ``logits(state, features) -> float32[N, >= num_seen]`` (the
+    runner keeps the first num_seen columns; argmax = prediction).
+    """
 
-    def fit_task(self, state: State, features, labels, task_range: tuple[int, int]) -> State:
-        """Add task classes [start, end) from features float32[N, D] and labels int32[N]."""
+    name: ClassVar[str]
+    inputs: ClassVar[str] = "features"
+    tunes_backbone: ClassVar[bool] = False
 
-    def logits(self, state: State, features) -> jax.Array:
-        """Scores float32[N, num_seen] over all classes seen so far (argmax = prediction)."""
+    @classmethod
+    def default_config(cls) -> ml_collections.ConfigDict:
+        """The learner's config block (``config.learner.<name>``): its dataclass fields with
+        their defaults (override to hide fields or add others)."""
+        return ml_collections.ConfigDict({f.name: f.default for f in dataclasses.fields(cls)
+                                          if f.default is not dataclasses.MISSING})
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict, **run: Any) -> "Learner":
+        """Build from the config block; ``run`` holds what the run knows (``num_classes``,
+        ``model``, ``preprocess``) for learners that need it (override to take it).
+
+        Raises: TypeError for a key the learner does not take.
+        """
+        del run
+        return cls(**config.to_dict())
+
+    def tuning(self, mist_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+        """The backbone-tuning settings when ``tunes_backbone`` (default: ``mist_cfg``)."""
+        return mist_cfg
+
+    def after_tuning(self, state: State, params: PyTree) -> State:
+        """Called after the backbone was tuned on a task, with the tuned ``{"backbone",
+        "head"}`` params (host arrays); default: no change."""
+        del params
+        return state
+
+    @property
+    def tracks_drift(self) -> bool:
+        """True: the runner passes features before and after tuning to ``compensate``."""
+        return False
+
+    def compensate(self, state: State, before, after) -> State:
+        """Move old-class statistics by the drift of the task's features float32[N, D]
+        ``before`` -> ``after`` tuning (called from the second task on); default: no change."""
+        del before, after
+        return state
 
 
 def check_task(features, labels, task_range: tuple[int, int], num_seen: int,

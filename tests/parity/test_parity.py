@@ -23,7 +23,7 @@ import numpy as np
 import optax
 import pytest
 
-from mist_jax import masks, mist, optim, sensitivity
+from mist_jax import masks, mist, optim, sensitivity, trees
 from mist_jax.data.preprocess import preprocess_identity
 from mist_jax.learners import RanPAC, SimpleCIL
 from mist_jax.learners import ranpac as ranpac_lib
@@ -134,9 +134,10 @@ def run_mist_jax(g: Golden) -> dict:
         n = len(epochs[0])
         scores = sensitivity.fisher_scores(loss_fn, params, epochs[0], frozen=state.frozen)
         mask = masks.select("fisher", g.meta["select_rate"], scores=scores, units="official")
+        sgd = optim.inner_optimizer("sgd", learning_rate=1e-4, momentum=0.9, weight_decay=5e-4,
+                                    head_learning_rate=1e-2)
         tx = optim.mist_optimizer(mask, state.count, state.frozen, drop_rate=g.meta["drop_rate"],
-                                  overlap_decay=0.9, learning_rate=1e-4, head_learning_rate=1e-2,
-                                  momentum=0.9, weight_decay=5e-4)
+                                  overlap_decay=0.9, inner=sgd)
         opt_state = tx.init(params)
         step = jax.jit(functools.partial(_train_step, loss_fn, tx))
         keeps = iter(g.keeps(t))
@@ -175,7 +176,7 @@ def case(request):
 
 def _leaves(tree) -> dict:
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {masks.path_str(p): np.asarray(v) for p, v in flat}
+    return {trees.path_str(p): np.asarray(v) for p, v in flat}
 
 
 def _assert_trees(actual, expected, what: str, rtol: float = 0.0, scale_atol: float = 0.0,
