@@ -289,3 +289,58 @@ def test_same_bits_on_two_devices(tmp_path):
 
 if __name__ == "__main__":
     pytest.main([__file__])
+
+
+# --------------------------------------------------------------------------- one transform per run
+def test_start_task_equals_a_transform_built_for_the_task():
+    """One transform + start_task (what mist.Tuner does) == a transform built with the task's
+    mask / count / frozen / key: the same state and the same updates, step after step."""
+    params = small_tree()
+    rng = np.random.default_rng(3)
+    mask = jax.tree.map(lambda x: jnp.asarray(rng.random(x.shape) < 0.5), params)
+    count = jax.tree.map(lambda x: jnp.asarray(rng.integers(0, 3, x.shape), jnp.int32), params)
+    frozen = jax.tree.map(lambda x: jnp.asarray(rng.random(x.shape) < 0.1), params)
+    key = jax.random.key(9)
+    once = optim.mist_optimizer(drop_rate=0.5)
+    built = optim.mist_optimizer(mask, count, frozen, drop_rate=0.5, seed=key)
+    s1 = optim.start_task(once.init(params), params, mask, count, frozen, key)
+    s2 = built.init(params)
+    chex.assert_trees_all_equal(s1, s2)
+    grads = small_tree(1)
+    for _ in range(3):
+        u1, s1 = jax.jit(once.update)(grads, s1, params)
+        u2, s2 = jax.jit(built.update)(grads, s2, params)
+        chex.assert_trees_all_equal(u1, u2)
+
+
+def test_inner_optimizer_by_name_gets_the_masked_gradients():
+    """mist_optimizer(inner=adamw) == optax.adamw (backbone lr; head lr on head/) applied to the
+    gradients the sparse transform leaves (hand-masked here with the same live masks)."""
+    params = small_tree()
+    rng = np.random.default_rng(4)
+    mask = jax.tree.map(lambda x: jnp.asarray(rng.random(x.shape) < 0.4), params)
+    steps, lr, head_lr, wd = 3, 1e-2, 1e-1, 5e-4
+    inner = optim.inner_optimizer("adamw", lr, 0.9, wd, head_lr)
+    tx = optim.mist_optimizer(mask, None, None, drop_rate=0.5, seed=6, inner=inner)
+    lives = live_masks(params, mask, None, None, steps, 0.5, seed=6)
+    ref = {"backbone": optax.adamw(lr, weight_decay=wd), "head": optax.adamw(head_lr, weight_decay=wd)}
+    p, state = params, tx.init(params)
+    q, ref_state = params, {k: ref[k].init(params[k]) for k in ref}
+    for t in range(steps):
+        grads = small_tree(10 + t)
+        u, state = tx.update(grads, state, p)
+        p = optax.apply_updates(p, u)
+        g = jax.tree.map(lambda x, l: jnp.where(l, x, 0.0), grads, lives[t])
+        new = {}
+        for k in ref:
+            uk, ref_state[k] = ref[k].update(g[k], ref_state[k], q[k])
+            new[k] = optax.apply_updates(q[k], uk)
+        q = new
+    chex.assert_trees_all_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_unknown_inner_optimizer_is_an_error():
+    with pytest.raises(ValueError, match="not an optax optimizer"):
+        optim.inner_optimizer("adamww")
+    with pytest.raises(ValueError, match="not an optax optimizer"):
+        optim.inner_optimizer("apply_updates")  # an optax function, not an optimizer
