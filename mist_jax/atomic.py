@@ -16,8 +16,8 @@ from typing import Iterator
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp", mode: int = 0o644
                 ) -> Iterator[Path]:
-    """Yield a temp path next to ``path``; on success chmod it to ``mode`` and rename it over
-    ``path``; on an exception delete it and re-raise (``path`` is left as it was).
+    """Yield a temp path next to ``path``; on success fsync it, chmod it to ``mode`` and rename
+    it over ``path``; on an exception delete it and re-raise (``path`` is left as it was).
 
     Raises: OSError if the folder cannot be created or written.
     """
@@ -27,6 +27,8 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp", mode: int = 0o644
     os.close(fd)
     try:
         yield Path(tmp)
+        with open(tmp, "rb+") as f:  # on disk before the rename makes it visible
+            os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:

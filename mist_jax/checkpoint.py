@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from flax.traverse_util import flatten_dict
 
 # Config keys that do not change results: changing them keeps a checkpoint valid.
 # The mesh only changes float rounding (tests/test_sharding.py), so a run may resume on another.
 _RESULT_NEUTRAL = ("compare_baseline", "mist.log_every", "learner.eval_batch_size", "mesh")
 
 
-def config_fingerprint(config: dict) -> str:
-    """sha256 (hex, 16 chars) of the config's JSON, minus result-neutral keys."""
+def _comparable(config: dict) -> dict:
+    """The config as compared between runs: result-neutral keys dropped, ``data.data_dir``
+    resolved ("" = the default folder, symlinks and relative paths resolved)."""
     cfg = json.loads(json.dumps(config, sort_keys=True, default=str))
     for dotted in _RESULT_NEUTRAL:
         *parents, leaf = dotted.split(".")
@@ -31,7 +34,26 @@ def config_fingerprint(config: dict) -> str:
         for p in parents:
             node = node.get(p, {})
         node.pop(leaf, None)
-    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+    data = cfg.get("data", {})
+    if "data_dir" in data:
+        from mist_jax.data.sources import default_data_dir
+
+        data["data_dir"] = os.path.realpath(os.path.expanduser(data["data_dir"]
+                                                               or default_data_dir()))
+    return cfg
+
+
+def config_fingerprint(config: dict) -> str:
+    """sha256 (hex, 16 chars) of the comparable config (result-neutral keys dropped, paths
+    resolved)."""
+    return hashlib.sha256(json.dumps(_comparable(config), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def config_diff(old: dict, new: dict) -> list[str]:
+    """``key: old -> new`` for every dotted key whose comparable value differs."""
+    a, b = (flatten_dict(_comparable(c), sep=".") for c in (old, new))
+    return [f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}"
+            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
 class RunCheckpointer:
@@ -44,6 +66,7 @@ class RunCheckpointer:
     """
 
     def __init__(self, directory: str | Path, config: dict, max_to_keep: int = 2):
+        self.config = config
         self.fingerprint = config_fingerprint(config)
         self._manager = ocp.CheckpointManager(
             Path(directory).absolute(),
@@ -58,7 +81,7 @@ class RunCheckpointer:
           state: nested dicts of non-empty arrays (orbax refuses zero-size arrays).
           record: JSON-serialisable run record (next task, class order, metrics so far).
         """
-        record = dict(record, config_fingerprint=self.fingerprint)
+        record = dict(record, config_fingerprint=self.fingerprint, config=self.config)
         self._manager.save(task, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)))
         self._manager.wait_until_finished()
@@ -78,11 +101,12 @@ class RunCheckpointer:
             return None
         record = self._restore(step, "record", ocp.args.JsonRestore)
         if record.get("config_fingerprint") != self.fingerprint:
+            diff = config_diff(record["config"], self.config) if "config" in record else []
             raise ValueError(
                 f"The checkpoint in {self._manager.directory} was written by a different config "
-                f"(fingerprint {record.get('config_fingerprint')} != {self.fingerprint}). Use a "
-                "new --workdir for a new experiment, or re-run with the original config."
-            )
+                f"(fingerprint {record.get('config_fingerprint')} != {self.fingerprint}"
+                + ("; " + "; ".join(diff[:10]) if diff else "") + "). Use a new --workdir for a "
+                "new experiment, or re-run with the original config.")
         state = self._restore(
             step, "state", lambda: ocp.args.StandardRestore(self._numpy_target(step)))
         return state, record

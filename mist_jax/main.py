@@ -12,6 +12,8 @@ resumes from the last finished task.
 from __future__ import annotations
 
 import logging as pylogging
+import signal
+import sys
 from pathlib import Path
 
 from absl import app, flags, logging
@@ -26,10 +28,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 def run_all(config, workdir: str | Path) -> dict[str, dict]:
     """Run the experiment (and its baseline) and return ``{run name: results}``."""
     from mist_jax import learners, outputs, sharding, train
+    from mist_jax.lock import WorkdirLock
 
     workdir = Path(workdir)
     learner = learners.get_learner_class(config.learner.name)
-    # A learner that tunes the backbone itself (e.g. dense fine-tuning) names its run.
+    # A learner that tunes the backbone itself names its run (and has no baseline).
     own = learner.tunes_backbone
     runs = [(learner.name if own else "mist" if config.mist.enabled else "baseline", config)]
     if config.compare_baseline and config.mist.enabled and not own:
@@ -37,19 +40,38 @@ def run_all(config, workdir: str | Path) -> dict[str, dict]:
         with base.unlocked():
             base.mist.enabled = False
         runs.append(("baseline", base))
-    results = {}
-    for name, cfg in runs:
-        logging.info("Run %r into %s", name, workdir / name)
-        results[name] = train.Run(cfg, workdir / name).run()
     if not sharding.is_writer():  # only process 0 writes (multi-host runs)
-        return results
-    if len(results) > 1:
-        outputs.plot_accuracy_curves({n: r["top1_curve"] for n, r in results.items()},
-                                     workdir / "accuracy_curve.png")
-    table = outputs.summary_table(results)
-    outputs.write_text(workdir / "summary.txt", table + "\n")
+        return {name: _run(train.Run(cfg, workdir / name), name) for name, cfg in runs}
+    lock = WorkdirLock(workdir)  # the whole folder: both runs, summary.txt, the plot
+    try:
+        results = {}
+        for name, cfg in runs:
+            logging.info("Run %r into %s", name, workdir / name)
+            results[name] = _run(train.Run(cfg, workdir / name), name)
+        if len(results) > 1:
+            outputs.plot_accuracy_curves({n: r["top1_curve"] for n, r in results.items()},
+                                         workdir / "accuracy_curve.png")
+        table = outputs.summary_table(results)
+        outputs.write_text(workdir / "summary.txt", table + "\n")
+    finally:
+        lock.release()
     print(table)
     return results
+
+
+class Interrupted(Exception):
+    """SIGINT / SIGTERM stopped a run; the message says what is saved and how to resume."""
+
+
+def _run(run, name: str) -> dict:
+    """``run.run()``, turning an interrupt into ``Interrupted`` naming the saved tasks."""
+    try:
+        return run.run()
+    except KeyboardInterrupt:
+        done = run.record["next_task"]
+        saved = f"tasks 0-{done - 1} are checkpointed" if done else "no task was finished"
+        raise Interrupted(f"Interrupted in {run.workdir} ({name}) during task {done}; {saved}. "
+                          "Re-run the same command to resume.") from None
 
 
 class _QuietLibraries(pylogging.Filter):
@@ -67,7 +89,17 @@ def main(argv):
     from mist_jax import sharding
 
     sharding.initialize_distributed()  # no-op unless the environment asks for multi-host
-    run_all(_CONFIG.value, _WORKDIR.value)
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # preemption / kill: same as Ctrl-C
+    try:
+        run_all(_CONFIG.value, _WORKDIR.value)
+    except Interrupted as e:
+        logging.error("%s", e)
+        sys.exit(130)
+
+
+def _raise_interrupt(signum, frame):
+    del signum, frame
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -31,19 +31,26 @@ class EventLog:
     ``<workdir>/tensorboard`` (tensorboardX; no TensorFlow needed).
 
     ``write(row, step)`` appends ``row`` as one JSON line and logs every numeric field as the
-    scalar ``<row["event"]>/<field>`` at ``step``.
+    scalar ``<row["event"]>/<field>`` at ``step``. ``keep_lines``: on opening, keep only the
+    first lines of an existing ``metrics.jsonl`` (those the resumed checkpoint accounts for,
+    ``lines`` at its save), so an interrupted task's events appear once.
     """
 
-    def __init__(self, workdir: str | Path):
+    def __init__(self, workdir: str | Path, keep_lines: int = 0):
         from tensorboardX import SummaryWriter
 
         self.path = Path(workdir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = self.path.read_text().splitlines(keepends=True)[:keep_lines] \
+            if self.path.exists() else []
+        write_text(self.path, "".join(kept))  # drop lines of work no checkpoint holds
+        self.lines = len(kept)
         self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
 
     def write(self, row: dict, step: int) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(row, default=float) + "\n")
+        self.lines += 1
         for k, v in row.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "event":
                 self._tb.add_scalar(f"{row.get('event', 'run')}/{k}", v, step)

@@ -34,9 +34,10 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from mist_jax import learners, masks, metrics, mist, outputs, seeds, sharding
+from mist_jax import learners, masks, metrics, mist, outputs, seeds, sharding, validate
 from mist_jax.checkpoint import RunCheckpointer
 from mist_jax.data import batches, get_preprocess, sources, tasks, transforms
+from mist_jax.lock import WorkdirLock
 from mist_jax.models import load_pretrained, tiny_vit
 
 
@@ -53,6 +54,11 @@ def build_backbone(cfg: ml_collections.ConfigDict):
         params = jax.jit(model.init)(seeds.key(cfg.seed, "backbone"), x)["params"]  # 1 compile
     else:
         model, params = load_pretrained(m.source, image_size=cfg.data.image_size, **kw)
+    size, patch = cfg.data.image_size, model.patch_size
+    if size % patch:
+        raise ValueError(f"data.image_size={size} is not a multiple of the model's patch size "
+                         f"{patch} (the last {size % patch} px would be dropped); use e.g. "
+                         f"{max(patch, size - size % patch)} or {size - size % patch + patch}.")
     return model, params, get_preprocess(m.preprocess)
 
 
@@ -90,14 +96,16 @@ class Run:
     """
 
     def __init__(self, cfg: ml_collections.ConfigDict, workdir: str | Path, progress: bool = True):
+        validate.check_config(cfg)  # before any data, weights or work
         sharding.initialize_distributed()
         self.cfg, self.workdir = cfg, Path(workdir)
         self.writer = sharding.is_writer()
+        self._lock = WorkdirLock(self.workdir) if self.writer else None
         self.progress, self._bar = progress and self.writer, None
         self.mesh = sharding.from_config(cfg)
-        self.transforms = transforms.get_transforms(cfg.data)  # fails here, not mid-task
-        self.data = tasks.load_data(cfg)
+        self.transforms = transforms.get_transforms(cfg.data)
         self.model, backbone, self.preprocess = build_backbone(cfg)
+        self.data = tasks.load_data(cfg)
         self.learner = build_learner(cfg, num_classes=self.data.num_classes, model=self.model,
                                      preprocess=self.preprocess)
         self.tuning = tuning_config(cfg, self.learner)
@@ -126,7 +134,9 @@ class Run:
                        "tasks": [], "class_order": self.data.order.tolist()}
         self.ckpt = RunCheckpointer(self.workdir / "checkpoints", cfg.to_dict())
         self._resume()
-        self.events = outputs.EventLog(self.workdir) if self.writer else _NoLog()
+        # The event log keeps exactly the lines of the tasks in the checkpoint.
+        self.events = (outputs.EventLog(self.workdir, keep_lines=self.record.get("event_lines", 0))
+                       if self.writer else _NoLog())
         if self.writer:
             outputs.write_json(self.workdir / "config.json", cfg.to_dict())
 
@@ -213,6 +223,8 @@ class Run:
             self._task(t)
         self.events.close()
         self.ckpt.close()
+        if self._lock is not None:
+            self._lock.release()
         if self.writer:
             return outputs.finish(self.workdir, self.cfg, self.record)
         rec = self.record
@@ -243,6 +255,7 @@ class Run:
                                                    if k not in _PER_TENSOR}}, step=t)
         logging.info("task %d classes [%d, %d): top1 %.2f  row %s", t, lo, hi, top1,
                      " ".join(f"{a:.1f}" for a in row))
+        rec["event_lines"] = self.events.lines
         self.ckpt.save(t, self._state_tree(), rec)
 
     def tune_backbone(self, t: int, idx: np.ndarray, labels: np.ndarray) -> dict:
@@ -307,6 +320,8 @@ _PER_TENSOR = ("coverage", "block_selected", "score_share", "overlap_histogram")
 
 class _NoLog:
     """The event log of processes other than 0: writes nothing."""
+
+    lines = 0
 
     def write(self, row: dict, step: int) -> None:
         del row, step

@@ -292,3 +292,9 @@ def test_bad_sources_raise_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="multiple of the patch size"):
         save_npz(params, tmp_path / "w.npz")
         load_pretrained(str(tmp_path / "w.npz"), image_size=30)
+
+
+def test_an_npz_that_is_not_a_vit_is_named(tmp_path):
+    np.savez(tmp_path / "other.npz", a=np.zeros(3), b=np.ones((2, 2)))
+    with pytest.raises(ValueError, match=r"other\.npz: not a ViT checkpoint: no \['cls_token'"):
+        load_pretrained(str(tmp_path / "other.npz"))

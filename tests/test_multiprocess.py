@@ -82,6 +82,9 @@ def test_resume_from_fsdp_shards_spread_over_two_processes(tmp_path):
     out0 = _launch(args, tmp_path / "run", env)
     resumed = json.loads((tmp_path / "run" / "mist" / "results.json").read_text())
     assert "average_accuracy" in out0
+    # Resumed, not redone: task 0's log (its wall time included) comes from the checkpoint.
+    assert resumed["tasks"][0]["seconds"] == full["tasks"][0]["seconds"]
+    assert resumed["tasks"][1]["seconds"] != full["tasks"][1]["seconds"]
     assert resumed["acc_matrix"] == full["acc_matrix"]
     assert resumed["top1_curve"] == full["top1_curve"]
     for a, b in zip(resumed["tasks"], full["tasks"]):

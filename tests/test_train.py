@@ -2,6 +2,7 @@
 outputs, resume equality, config errors, and the CLI itself."""
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -127,3 +128,98 @@ def test_mist_on_first_task_only_matches_all_tasks_on_task_0(tmp_path):
     every = train.Run(smoke(), tmp_path / "b", progress=False).run()
     assert first["acc_matrix"][0] == every["acc_matrix"][0]
     assert "mi_loss_per_epoch" not in first["tasks"][1]
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("mist.tasks", "al", "mist.tasks='al'"), ("mist.drop_rate", 1.0, "update nothing"),
+    ("mist.epochs", 1, "mist.epochs=1"), ("mist.batch_size", 0, "mist.batch_size=0"),
+    ("mist.selector", "fishr", "mist.selector='fishr'"), ("mist.select_rate", 0.0, "select_rate"),
+    ("model.dtype", "float99", "model.dtype='float99'"), ("data.image_size", 0, "image_size=0"),
+    ("mist.optimizer", "adamww", "adamww"), ("learner.name", "nope", "learner.name='nope'"),
+    ("mesh.rules", ((r"(", "fsdp"),), "mesh.rules")])
+def test_every_bad_value_is_named_before_any_work(tmp_path, key, value, needle):
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        train.Run(smoke(**{key: value}), tmp_path / "w", progress=False)
+    assert not (tmp_path / "w").exists()  # refused before the workdir was touched
+
+
+def test_several_bad_values_are_reported_together(tmp_path):
+    with pytest.raises(ValueError) as err:
+        train.Run(smoke(**{"mist.tasks": "al", "mist.drop_rate": 1.0}), tmp_path / "w",
+                  progress=False)
+    assert "mist.tasks" in str(err.value) and "mist.drop_rate" in str(err.value)
+
+
+def test_image_size_must_be_a_multiple_of_the_patch(tmp_path):
+    with pytest.raises(ValueError, match="not a multiple of the model's patch size 8"):
+        train.Run(smoke(**{"data.image_size": 36}), tmp_path / "w", progress=False)
+
+
+def test_a_second_process_on_the_same_workdir_is_refused(tmp_path):
+    """A run holds its workdir; another process gets a clear error naming the holder."""
+    wd = tmp_path / "w"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from mist_jax.lock import WorkdirLock; "
+         f"lock = WorkdirLock({str(wd)!r}); print('locked', flush=True); time.sleep(60)"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RuntimeError, match=f"in use by a running mist-jax run \\(pid {holder.pid}"):
+            train.Run(smoke(), wd, progress=False)
+        assert not (wd / "checkpoints").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # The OS released the dead holder's lock: the run goes ahead.
+    assert train.Run(smoke(), wd, progress=False).record["next_task"] == 0
+
+
+def test_event_log_holds_each_event_once_after_a_resume(tmp_path):
+    cfg = smoke()
+    crashed = train.Run(cfg, tmp_path / "r", progress=False)
+    crashed._task(0)
+    # The process dies in task 1 after logging some of its steps (no checkpoint yet).
+    crashed.events.write({"event": "mist_step", "task": 1, "step": 5}, step=100005)
+    del crashed
+    out = train.Run(cfg, tmp_path / "r", progress=False).run()
+    events = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    keys = [(e["event"], e["task"], e.get("step")) for e in events]
+    assert len(keys) == len(set(keys))
+    assert [e["task"] for e in events if e["event"] == "task_end"] == [0, 1]
+    assert len(out["acc_matrix"]) == 2
+
+
+def test_data_dir_spelt_differently_is_the_same_config(tmp_path, monkeypatch):
+    from mist_jax.checkpoint import config_diff, config_fingerprint
+    from mist_jax.data.sources import default_data_dir
+
+    a = smoke().to_dict()
+    b = smoke(**{"data.data_dir": default_data_dir()}).to_dict()
+    assert config_fingerprint(a) == config_fingerprint(b)
+    c = smoke(**{"mist.select_rate": 0.05}).to_dict()
+    assert config_diff(a, c) == ["mist.select_rate: 0.1 -> 0.05"]
+
+
+def test_sigterm_stops_with_one_line_and_the_same_command_resumes(tmp_path):
+    import signal
+    import time
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, "-m", "mist_jax.main", "--config", "configs/default.py:smoke",
+           "--config.compare_baseline=False", "--workdir", str(tmp_path / "cli")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    results = tmp_path / "cli" / "mist" / "results.json"
+    ckpt = tmp_path / "cli" / "mist" / "checkpoints" / "0"
+    deadline = time.time() + 300
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    if results.exists():  # the run was faster than the signal: nothing to check
+        pytest.skip("the smoke run ended before SIGTERM arrived")
+    assert proc.returncode == 130, err[-2000:]
+    assert "Re-run the same command to resume" in err and "Traceback" not in err
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "Resumed" in again.stderr and results.is_file()

@@ -212,7 +212,10 @@ def load_pretrained(source: str, image_size: int | None = None, *, num_heads: in
             "300 epochs, no pre-logits layer), so features and accuracies will differ from the "
             "paper's. Loading it anyway; the pre-logits layer is not used.",
             source, reason, AUGREG_B16_IN21K)
-    params = convert(flat, fmt, num_heads)
+    try:
+        params = convert(flat, fmt, num_heads)
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{source}: {e}") from e
     params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), params)
     model = infer_vit(params)
     check_params(model, params, str(source))

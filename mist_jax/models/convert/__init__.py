@@ -30,12 +30,23 @@ class Format(NamedTuple):
     preprocess: str
 
 
+#: Arrays every mist-jax (native) ViT file has.
+NATIVE_REQUIRED = ("cls_token", "pos_embed", "patch_embed/kernel", "encoder_norm/scale")
+
+
 def from_native(flat: dict, num_heads: int | None = None) -> dict:
     """mist-jax npz arrays ``{"a/b/c": array}`` -> the nested tree (arrays unchanged).
 
     ``num_heads`` is unused: native files carry the head count in their kernel shapes.
+    Raises: ValueError if the file lacks the arrays of a ViT (``NATIVE_REQUIRED``).
     """
     del num_heads
+    missing = [k for k in NATIVE_REQUIRED if k not in flat]
+    if missing:
+        raise ValueError(
+            f"not a ViT checkpoint: no {missing} among its {len(flat)} arrays (e.g. "
+            f"{sorted(flat)[:3]}); expected a big_vision / AugReg .npz, a timm .safetensors or "
+            "a file written by mist_jax.models.save_npz.")
     return unflatten_dict(flat, sep="/")
 
 

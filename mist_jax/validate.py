@@ -1,0 +1,131 @@
+"""Every run-config value checked before any data, weights or work (one error lists them all).
+
+``check_config(cfg)`` is the first thing ``train.Run`` does: each value is checked against its
+allowed set or range, and the error names the key, the value and the fix, instead of a wrong
+run (``mist.tasks=al`` silently running as "first") or a late crash (a bad selector after the
+scoring pass). The learner's own block is checked by building the learner.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+import ml_collections
+
+from mist_jax import learners, masks, objectives, optim
+from mist_jax.data import preprocess, transforms
+
+DTYPES = ("float32", "bfloat16", "float16")
+TASKS = ("all", "first")
+EVAL_SPLITS = ("test", "validation")
+MESH_KINDS = ("fsdp", "replicate")
+
+
+def _int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _num(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _rules(cfg) -> list[str]:
+    problems = []
+    m = cfg.get("mesh") or {}
+    if not _int(m.get("data", -1)) or (m.get("data", -1) < 1 and m.get("data", -1) != -1):
+        problems.append(f"mesh.data={m.get('data')!r}: a device count >= 1, or -1 for all.")
+    if not _int(m.get("fsdp", 1)) or m.get("fsdp", 1) < 1:
+        problems.append(f"mesh.fsdp={m.get('fsdp')!r}: devices per parameter shard, >= 1.")
+    for rule in m.get("rules", ()):
+        ok = isinstance(rule, (tuple, list)) and len(rule) == 2 and rule[1] in MESH_KINDS
+        try:
+            re.compile(rule[0]) if ok else None
+        except (re.error, TypeError):
+            ok = False
+        if not ok:
+            problems.append(f"mesh.rules entry {rule!r}: a (regex, 'fsdp' | 'replicate') pair.")
+    return problems
+
+
+def check_config(cfg: ml_collections.ConfigDict) -> None:
+    """Check every value of a run config (``configs/default.py`` layout).
+
+    Raises:
+      ValueError: listing each bad ``key=value`` with its allowed values and a fix.
+    """
+    d, m, mi, le = cfg.data, cfg.model, cfg.mist, cfg.learner
+    learner = learners.LEARNERS.get(le.name)
+    tunes = mi.enabled or (learner is not None and learner.tunes_backbone)
+    checks: list[tuple[str, Any, bool, str]] = [
+        ("seed", cfg.seed, _int(cfg.seed) and cfg.seed >= 0, "an integer >= 0"),
+        ("data.init_cls", d.init_cls, _int(d.init_cls) and d.init_cls >= 1, "an integer >= 1"),
+        ("data.increment", d.increment, _int(d.increment) and d.increment >= 1,
+         "an integer >= 1"),
+        ("data.train_per_class", d.train_per_class,
+         _int(d.train_per_class) and d.train_per_class >= 0, "an integer >= 0 (0 = all)"),
+        ("data.test_per_class", d.test_per_class,
+         _int(d.test_per_class) and d.test_per_class >= 0, "an integer >= 0 (0 = all)"),
+        ("data.eval_split", d.eval_split, d.eval_split in EVAL_SPLITS, f"one of {EVAL_SPLITS}"),
+        ("data.image_size", d.image_size, _int(d.image_size) and d.image_size >= 1,
+         "a side in pixels, a multiple of the model's patch size"),
+        ("data.transform", d.transform, d.transform in transforms.TRANSFORMS,
+         f"one of {transforms.TRANSFORMS}"),
+        ("data.train_crop_scale", d.train_crop_scale,
+         len(d.train_crop_scale) == 2 and all(_num(s) for s in d.train_crop_scale)
+         and 0 < d.train_crop_scale[0] <= d.train_crop_scale[1] <= 1,
+         "(low, high) with 0 < low <= high <= 1"),
+        ("model.dtype", m.dtype, m.dtype in DTYPES, f"one of {DTYPES}"),
+        ("model.preprocess", m.preprocess, m.preprocess in preprocess.PREPROCESS,
+         f"one of {sorted(preprocess.PREPROCESS)}"),
+        ("mist.tasks", mi.tasks, mi.tasks in TASKS, f"one of {TASKS}"),
+        ("mist.selector", mi.selector, mi.selector in masks.SELECTORS,
+         f"one of {masks.SELECTORS}"),
+        ("mist.objective", mi.objective, mi.objective in objectives.OBJECTIVES,
+         f"one of {sorted(objectives.OBJECTIVES)}"),
+        ("mist.selection_units", mi.selection_units, mi.selection_units in masks.UNITS,
+         f"one of {masks.UNITS}"),
+        ("mist.sparsity", mi.sparsity, mi.sparsity in optim.SPARSITY_MODES,
+         f"one of {optim.SPARSITY_MODES}"),
+        ("mist.epochs", mi.epochs, not tunes or (_int(mi.epochs) and mi.epochs >= 2),
+         "an integer >= 2 (1 scoring epoch + at least 1 update epoch)"),
+        ("mist.batch_size", mi.batch_size, _int(mi.batch_size) and mi.batch_size >= 1,
+         "an integer >= 1"),
+        ("mist.select_rate", mi.select_rate, _num(mi.select_rate) and 0 < mi.select_rate <= 1,
+         "in (0, 1], e.g. 0.1"),
+        ("mist.drop_rate", mi.drop_rate, _num(mi.drop_rate) and 0 <= mi.drop_rate < 1,
+         "in [0, 1): 1.0 would drop every gradient and update nothing"),
+        ("mist.overlap_decay", mi.overlap_decay,
+         _num(mi.overlap_decay) and 0 <= mi.overlap_decay <= 1, "in [0, 1], e.g. 0.9"),
+        ("mist.freeze_rate", mi.freeze_rate, _num(mi.freeze_rate) and 0 <= mi.freeze_rate <= 1,
+         "in [0, 1]: 0.0 freezes each unit's maximum, 0.0005 is the RanPAC file's"),
+        ("mist.learning_rate", mi.learning_rate, _num(mi.learning_rate) and mi.learning_rate > 0,
+         "> 0, e.g. 1e-4"),
+        ("mist.head_learning_rate", mi.head_learning_rate,
+         _num(mi.head_learning_rate) and mi.head_learning_rate >= 0, ">= 0, e.g. 1e-2"),
+        ("mist.momentum", mi.momentum, _num(mi.momentum) and 0 <= mi.momentum < 1, "in [0, 1)"),
+        ("mist.weight_decay", mi.weight_decay, _num(mi.weight_decay) and mi.weight_decay >= 0,
+         ">= 0"),
+        ("mist.temperature", mi.temperature, _num(mi.temperature) and mi.temperature > 0, "> 0"),
+        ("mist.proj_dim", mi.proj_dim, _int(mi.proj_dim) and mi.proj_dim >= 1,
+         "an integer >= 1"),
+        ("mist.log_every", mi.log_every, _int(mi.log_every) and mi.log_every >= 1,
+         "an integer >= 1"),
+        ("learner.name", le.name, le.name in learners.LEARNERS,
+         f"one of {sorted(learners.LEARNERS)} (or register your own)"),
+        ("learner.eval_batch_size", le.eval_batch_size,
+         _int(le.eval_batch_size) and le.eval_batch_size >= 1, "an integer >= 1"),
+    ]
+    problems = [f"{key}={value!r}: must be {allowed}." for key, value, ok, allowed in checks
+                if not ok]
+    try:
+        optim.inner_optimizer(mi.optimizer)
+    except ValueError as e:
+        problems.append(str(e))
+    problems += _rules(cfg)
+    if learner is not None and le.name not in le:
+        problems.append(f"learner.{le.name}: the config has no block for this learner; add "
+                        f"config.learner.{le.name} = LEARNERS[{le.name!r}].default_config().")
+    if problems:
+        raise ValueError("Bad config value(s):\n  " + "\n  ".join(problems))
