@@ -21,16 +21,19 @@ class WorkdirInUse(RuntimeError):
 class WorkdirLock:
     """Take the lock of ``workdir`` (created if missing); ``release()`` or process exit frees it.
 
+    Args:
+      workdir: the folder to lock.
+      wait: block until the holder lets go (e.g. a shared dataset build) instead of refusing.
     Raises:
       WorkdirInUse: another process holds it (the message names it and the fix).
     """
 
-    def __init__(self, workdir: str | Path):
+    def __init__(self, workdir: str | Path, wait: bool = False):
         self.path = Path(workdir) / ".lock"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a+")  # noqa: SIM115 (held open for the run)
         try:
-            fcntl.lockf(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(self._file, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except OSError:
             self._file.seek(0)
             holder = self._file.read().strip() or "another process"
@@ -43,6 +46,12 @@ class WorkdirLock:
         self._file.truncate()
         self._file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         self._file.flush()
+
+    def __enter__(self) -> "WorkdirLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
     def release(self) -> None:
         """Free the lock (idempotent)."""

@@ -9,7 +9,7 @@ import pytest
 from flax.traverse_util import flatten_dict
 
 from mist_jax.data import get_preprocess
-from mist_jax.models import ViT, load_pretrained, resample_pos_embed, save_npz, tiny_vit
+from mist_jax.models import load_pretrained, resample_pos_embed, save_npz, tiny_vit
 
 
 # --------------------------------------------------------------------------- numpy reference
@@ -129,7 +129,7 @@ def test_embedded_resampled_to_small_input_runs():
 
 # --------------------------------------------------------------------------- resampling
 def test_resample_matches_onnx_resize_cubic():
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     from onnx import TensorProto, helper
 

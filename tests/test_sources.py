@@ -112,6 +112,31 @@ def test_image_folder_without_split_fails(tmp_path):
         load_dataset(f"folder:{tmp_path}", "test")
 
 
+def test_image_folder_problems_are_named_before_training(tmp_path):
+    good = np.zeros((4, 4, 3), np.uint8)
+    _png(tmp_path / "train/cat/a.png", good)
+    _png(tmp_path / "test/cat/b.png", good)
+    _png(tmp_path / "test/owl/c.png", good)  # a class without training images
+    with pytest.raises(ValueError, match=r"\['owl'\].*no training images"):
+        load_dataset(f"folder:{tmp_path}", "train")
+    (tmp_path / "test/owl/c.png").unlink()
+    (tmp_path / "test/owl").rmdir()
+    (tmp_path / "train/cat/junk.jpg").write_text("not an image")  # an image suffix, no image
+    with pytest.raises(ValueError, match=r"junk\.jpg"):
+        load_dataset(f"folder:{tmp_path}", "train")
+    # A truncated file whose header is fine fails where it is decoded, naming the file.
+    data = (tmp_path / "train/cat/a.png").read_bytes()
+    (tmp_path / "train/cat/junk.jpg").unlink()
+    (tmp_path / "train/cat/t.png").write_bytes(data[: len(data) - 20])
+    try:
+        images = load_dataset(f"folder:{tmp_path}", "train")
+    except ValueError as e:  # caught by the header check already: also fine
+        assert "t.png" in str(e)
+    else:
+        with pytest.raises(ValueError, match=r"t\.png"):
+            images.take([1])
+
+
 # ---------------------------------------------------------------- Stanford Cars manual_dir
 
 def _cars_annotations(fnames, classes):
@@ -294,3 +319,19 @@ def test_multi_domain_builder(data_dir):
     got = (_class_pixel_sums(train.images, train.labels, 30)
            + _class_pixel_sums(test.images, test.labels, 30))[20:]
     np.testing.assert_array_equal(got, _class_pixel_sums(x, y, 10))
+
+
+def test_damaged_embedded_dataset_is_detected_and_rebuilt(tmp_path):
+    from mist_jax.data.builders.embedded import CHECKSUMS, prepare
+
+    folder = Path(prepare("mist_mnist5k", tmp_path).data_dir)
+    marker = (folder / CHECKSUMS).stat().st_mtime_ns
+    prepare("mist_mnist5k", tmp_path)  # intact: opened, not rebuilt
+    assert (folder / CHECKSUMS).stat().st_mtime_ns == marker
+    shard = next(p for p in folder.iterdir() if ".array_record" in p.name and "train" in p.name)
+    good = shard.read_bytes()
+    shard.write_bytes(good[:1000] + bytes(len(good) - 1000))  # zeroed tail
+    train = load_dataset("mist_mnist5k", "train", data_dir=tmp_path)  # rebuilt, then read
+    assert shard.read_bytes() == good and len(train) == 4000
+    (folder / "dataset_info.json").unlink()  # a build that never finished
+    assert len(load_dataset("mist_mnist5k", "test", data_dir=tmp_path)) == 1000

@@ -92,9 +92,28 @@ class _FileImages(LazyImages):
     def _load(self, indices):
         out = []
         for i in indices:
-            with Image.open(self._paths[i]) as im:
-                out.append(np.asarray(im.convert("RGB"), np.uint8))
+            try:
+                with Image.open(self._paths[i]) as im:
+                    out.append(np.asarray(im.convert("RGB"), np.uint8))
+            except (OSError, ValueError) as e:
+                raise ValueError(f"Cannot decode image {self._paths[i]} ({e}); replace or "
+                                 "delete the file.") from e
         return out
+
+
+def _check_images(paths: Sequence[str]) -> None:
+    """Open every file's header (PIL ``verify``): a non-image or broken file is reported now,
+    before any training, not mid-run. Raises ValueError naming up to 5 bad files."""
+    bad = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                im.verify()
+        except Exception as e:  # pylint: disable=broad-except; PIL raises many kinds
+            bad.append(f"{p} ({type(e).__name__}: {e})")
+    if bad:
+        raise ValueError(f"{len(bad)} file(s) of the image folder are not readable images: "
+                         + "; ".join(bad[:5]) + ". Replace or delete them.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,8 +293,13 @@ def _load_folder(name: str, split: str) -> ImageSet:
         raise FileNotFoundError(
             f"Image folder {str(root)!r} has no {split} split: expected {wanted} holding one "
             "sub-folder of images per class (<root>/train/<class>/*.jpg, <root>/test/<class>/*).")
-    classes = sorted({c.name for d in found.values() if d is not None
-                      for c in d.iterdir() if c.is_dir()})
+    per_split = {s: {c.name for c in d.iterdir() if c.is_dir()} for s, d in found.items()
+                 if d is not None}
+    classes = sorted(set().union(*per_split.values()))
+    if found["train"] is not None and per_split["train"] != set(classes):
+        only = sorted(set(classes) - per_split["train"])
+        raise ValueError(f"Class folder(s) {only[:10]} of {root} have no training images "
+                         f"(no {found['train']}/<class>/): every class needs both splits.")
     paths, labels = [], []
     for label, cls in enumerate(classes):
         cls_dir = found[split] / cls
@@ -286,6 +310,7 @@ def _load_folder(name: str, split: str) -> ImageSet:
     if not paths:
         raise FileNotFoundError(
             f"No images ({', '.join(IMAGE_EXTENSIONS)}) under {found[split]}/<class>/.")
+    _check_images(paths)
     return ImageSet(_FileImages(paths), np.asarray(labels, np.int64), len(classes),
                     tuple(classes), name)
 

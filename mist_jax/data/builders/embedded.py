@@ -20,13 +20,20 @@ strong domain shift from the backbone's natural-image pre-training). The builder
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 from etils import epath
 
+from mist_jax.atomic import write_text
 from mist_jax.data.builders import raw
+from mist_jax.lock import WorkdirLock
 
 _FEATURE_SHAPE = (28, 28, 1)
 
@@ -144,15 +151,40 @@ def prepare(name: str, data_dir: str | os.PathLike) -> tfds.core.DatasetBuilder:
     """
     if name not in EMBEDDED:
         raise ValueError(f"Unknown embedded dataset {name!r}; choose from {sorted(EMBEDDED)}.")
-    builder = EMBEDDED[name](data_dir=os.fspath(data_dir))
-    if not builder.is_prepared():
-        try:
+    # One build at a time per data dir and dataset (processes sharing a data dir wait).
+    with WorkdirLock(Path(data_dir) / name, wait=True):
+        builder = EMBEDDED[name](data_dir=os.fspath(data_dir))
+        folder = Path(builder.data_dir)
+        if folder.exists() and not (builder.is_prepared() and _intact(folder)):
+            logging.warning("Embedded dataset %s in %s is damaged (a file differs from its build "
+                            "checksum, or the build never finished); rebuilding it.",
+                            name, builder.data_dir)
+            shutil.rmtree(builder.data_dir)
+            builder = EMBEDDED[name](data_dir=os.fspath(data_dir))
+        if not builder.is_prepared():
             builder.download_and_prepare(
                 download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-        except FileExistsError:
-            # Another process (a second host on a shared data dir) finished the same build
-            # first; its result is identical (deterministic), so use it.
-            builder = EMBEDDED[name](data_dir=os.fspath(data_dir))
-            if not builder.is_prepared():
-                raise
+            _write_checksums(Path(builder.data_dir))
     return builder
+
+
+#: Build-complete marker: sha256 of every file of the built version folder.
+CHECKSUMS = "mist_jax_checksums.json"
+
+
+def _checksums(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.iterdir()) if p.is_file() and p.name != CHECKSUMS}
+
+
+def _write_checksums(folder: Path) -> None:
+    write_text(folder / CHECKSUMS, json.dumps(_checksums(folder), indent=1))
+
+
+def _intact(folder: Path) -> bool:
+    """True if the build finished (marker present) and no file changed since."""
+    marker = folder / CHECKSUMS
+    try:
+        return json.loads(marker.read_text()) == _checksums(folder)
+    except (OSError, ValueError):
+        return False
