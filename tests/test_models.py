@@ -166,7 +166,6 @@ def test_timm_safetensors_matches_numpy_reference(tmp_path):
     x = np.random.RandomState(1).rand(2, 32, 32, 3).astype(np.float32)
     got = np.asarray(model.apply({"params": params}, x))
     np.testing.assert_allclose(got, timm_vit_forward(sd, x.astype(np.float64), 1), atol=2e-4)
-    np.testing.assert_array_equal(got, np.asarray(model.apply({"params": params}, x)))
     model4, params4 = load_pretrained(str(path), num_heads=4)
     np.testing.assert_allclose(model4.apply({"params": params4}, x),
                                timm_vit_forward(sd, x.astype(np.float64), 4), atol=2e-4)

@@ -219,12 +219,17 @@ class SgdRuleTest(parameterized.TestCase):
         self.assertAlmostEqual(float(frac), n_live / (30 + 5 + 15), places=6)
 
     @chex.variants(with_jit=True, without_jit=True)
-    def test_strict_update_same_with_and_without_jit(self):
-        params = small_tree(0)
+    def test_strict_first_update_by_hand(self):
+        # Step 1 of torch SGD on live elements only: u = -lr * (g + wd * p) * live, with lr
+        # 1e-2 under head/ and 1e-4 elsewhere (momentum buffer = first gradient).
+        params, grads = small_tree(0), small_tree(1)
         tx = optim.mist_optimizer(None, None, None, sparsity="strict", seed=4)
-        u, state = self.variant(tx.update)(small_tree(1), tx.init(params), params)
-        ref, _ = jax.jit(tx.update)(small_tree(1), tx.init(params), params)
-        chex.assert_trees_all_close(u, ref, rtol=1e-6)
+        u, state = self.variant(tx.update)(grads, tx.init(params), params)
+        live = live_masks(params, None, None, None, 1, 0.9, seed=4)[0]
+        want = jax.tree_util.tree_map_with_path(
+            lambda path, g, p, l: -(1e-2 if "head" in jax.tree_util.keystr(path) else 1e-4)
+            * (np.asarray(g) + 5e-4 * np.asarray(p)) * l, grads, params, live)
+        chex.assert_trees_all_close(u, want, rtol=1e-6, atol=1e-12)
         self.assertEqual(int(state.sparse.step), 1)
 
     def test_all_backbone_params_with_first_arguments_only(self):
