@@ -20,6 +20,7 @@ strong domain shift from the backbone's natural-image pre-training). The builder
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -151,8 +152,13 @@ def prepare(name: str, data_dir: str | os.PathLike) -> tfds.core.DatasetBuilder:
     """
     if name not in EMBEDDED:
         raise ValueError(f"Unknown embedded dataset {name!r}; choose from {sorted(EMBEDDED)}.")
-    # One build at a time per data dir and dataset (processes sharing a data dir wait).
-    with WorkdirLock(Path(data_dir) / name, wait=True):
+    # One build at a time per data dir and dataset (processes sharing a data dir wait); a
+    # read-only data dir (a shared, already built copy) is read without the lock.
+    try:
+        lock = WorkdirLock(Path(data_dir) / name, wait=True)
+    except OSError:
+        lock = contextlib.nullcontext()
+    with lock:
         builder = EMBEDDED[name](data_dir=os.fspath(data_dir))
         folder = Path(builder.data_dir)
         if folder.exists() and not (builder.is_prepared() and _intact(folder)):
