@@ -33,10 +33,11 @@ class EventLog:
     ``write(row, step)`` appends ``row`` as one JSON line and logs every numeric field as the
     scalar ``<row["event"]>/<field>`` at ``step``. ``keep_lines``: on opening, keep only the
     first lines of an existing ``metrics.jsonl`` (those the resumed checkpoint accounts for,
-    ``lines`` at its save), so an interrupted task's events appear once.
+    ``lines`` at its save), so an interrupted task's events appear once; ``purge_step``: the
+    same for TensorBoard (the first step of the resumed work).
     """
 
-    def __init__(self, workdir: str | Path, keep_lines: int = 0):
+    def __init__(self, workdir: str | Path, keep_lines: int = 0, purge_step: int = 0):
         from tensorboardX import SummaryWriter
 
         self.path = Path(workdir) / "metrics.jsonl"
@@ -45,7 +46,8 @@ class EventLog:
             if self.path.exists() else []
         write_text(self.path, "".join(kept))  # drop lines of work no checkpoint holds
         self.lines = len(kept)
-        self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
+        # TensorBoard hides events at steps >= purge_step left by an interrupted process.
+        self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"), purge_step=purge_step)
 
     def write(self, row: dict, step: int) -> None:
         with open(self.path, "a") as f:

@@ -135,7 +135,8 @@ class Run:
         self.ckpt = RunCheckpointer(self.workdir / "checkpoints", cfg.to_dict())
         self._resume()
         # The event log keeps exactly the lines of the tasks in the checkpoint.
-        self.events = (outputs.EventLog(self.workdir, keep_lines=self.record.get("event_lines", 0))
+        self.events = (outputs.EventLog(self.workdir, self.record.get("event_lines", 0),
+                                        purge_step=self.record["next_task"] * STEPS_PER_TASK)
                        if self.writer else _NoLog())
         if self.writer:
             outputs.write_json(self.workdir / "config.json", cfg.to_dict())
@@ -251,8 +252,8 @@ class Run:
         task_log.update(seconds=time.perf_counter() - t0, top1=top1, acc_row=row)
         rec["tasks"].append(task_log)
         rec["next_task"] = t + 1
-        self.events.write({"event": "task_end", **{k: v for k, v in task_log.items()
-                                                   if k not in _PER_TENSOR}}, step=t)
+        event = {k: v for k, v in task_log.items() if k not in _PER_TENSOR}
+        self.events.write({"event": "task_end", **event}, step=t * STEPS_PER_TASK)
         logging.info("task %d classes [%d, %d): top1 %.2f  row %s", t, lo, hi, top1,
                      " ".join(f"{a:.1f}" for a in row))
         rec["event_lines"] = self.events.lines
@@ -291,7 +292,8 @@ class Run:
         return {}
 
     def _on_step(self, t: int, row: dict) -> None:
-        self.events.write(dict(row, event="mist_step", task=t), step=t * 100000 + row["step"])
+        self.events.write(dict(row, event="mist_step", task=t),
+                          step=t * STEPS_PER_TASK + row["step"])
         if self._bar is not None:
             self._bar.set_postfix(loss=f"{row['mi_loss']:.3f}")
 
@@ -314,6 +316,8 @@ class Run:
                 metrics.topk_accuracy(logits, labels, 1), metrics.topk_accuracy(logits, labels, 5))
 
 
+#: TensorBoard step of task t's events: t * STEPS_PER_TASK (+ the MIST step).
+STEPS_PER_TASK = 100000
 #: Per-tensor task-log entries kept in results.json but not in the event log.
 _PER_TENSOR = ("coverage", "block_selected", "score_share", "overlap_histogram")
 

@@ -187,6 +187,29 @@ def test_event_log_holds_each_event_once_after_a_resume(tmp_path):
     assert len(keys) == len(set(keys))
     assert [e["task"] for e in events if e["event"] == "task_end"] == [0, 1]
     assert len(out["acc_matrix"]) == 2
+    # TensorBoard: the resumed writer asks to hide steps >= task 1's first step (100000).
+    starts = [e.step for e in _tensorboard_events(tmp_path / "r" / "tensorboard")
+              if e.HasField("session_log") and e.session_log.status == 1]  # START
+    assert starts == [0, 100000]
+
+
+def _tensorboard_events(folder):
+    """Every Event of the TFRecord event files in ``folder`` (no TensorFlow needed)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    events = []
+    for path in sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime_ns):
+        data = path.read_bytes()
+        pos = 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = event_pb2.Event()
+            event.ParseFromString(data[pos + 12:pos + 12 + length])
+            events.append(event)
+            pos += 12 + length + 4
+    return events
 
 
 def test_data_dir_spelt_differently_is_the_same_config(tmp_path, monkeypatch):
