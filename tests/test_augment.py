@@ -83,6 +83,20 @@ class AugmentTest(chex.TestCase, parameterized.TestCase):
         centre = out[grey][:, H // 2, W // 2, 0]
         self.assertTrue(np.all((centre >= lo - 1e-3) & (centre <= hi + 1e-3)))
 
+    def test_grey_of_a_pure_colour_is_its_luma_weight(self):
+        # Constant images (crops and flips keep them constant) of pure red, green and blue:
+        # a grey view holds exactly 0.299, 0.587 or 0.114 in every channel; equal weights
+        # would give 1/3, and a non-grey view keeps the pure colour.
+        for c, weight in enumerate((0.299, 0.587, 0.114)):
+            x = np.zeros((64, 8, 8, 3), np.float32)
+            x[..., c] = 1.0
+            out = np.asarray(augment.second_view(jax.random.key(c), jnp.asarray(x)))
+            grey = np.all(np.abs(out - out[..., :1]) < 1e-6, axis=(1, 2, 3))
+            self.assertTrue(grey.any() and not grey.all())
+            np.testing.assert_allclose(out[grey], weight, atol=1e-6)
+            np.testing.assert_allclose(out[~grey], np.broadcast_to(x[0], out[~grey].shape),
+                                       atol=1e-6)
+
     def test_single_channel_allowed(self):
         x = jnp.asarray(coordinate_images(4)[..., :1])
         self.assertEqual(augment.two_views(jax.random.key(0), x).shape, (8, H, W, 1))
