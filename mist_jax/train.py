@@ -65,15 +65,11 @@ def build_backbone(cfg: ml_collections.ConfigDict):
 def build_learner(cfg: ml_collections.ConfigDict, **run: Any) -> learners.Learner:
     """The registered learner ``config.learner.name`` from its block ``config.learner.<name>``.
 
-    ``run``: what the run knows (``num_classes``, ``model``, ``preprocess``).
-    Raises: ValueError for an unknown learner, a missing block or a bad key.
+    ``run``: what the run knows (``num_classes``, ``model``, ``preprocess``). The name and
+    the block's presence are checked by ``validate.check_config``.
+    Raises: ValueError for an unknown learner or a bad key.
     """
-    name = cfg.learner.name
-    learners.get_learner_class(name)
-    if name not in cfg.learner:
-        raise ValueError(f"The config has no block learner.{name}; add "
-                         f"config.learner.{name} = LEARNERS[{name!r}].default_config().")
-    return learners.get_learner(name, cfg.learner[name], **run)
+    return learners.get_learner(cfg.learner.name, cfg.learner[cfg.learner.name], **run)
 
 
 def tuning_config(cfg: ml_collections.ConfigDict, learner: learners.Learner):

@@ -97,12 +97,12 @@ def fit_on_images(learner: ImageLearner, state, backbone: PyTree,
     bounds = jnp.asarray(task_range, jnp.int32)
     losses = []
     for epoch in range(learner.epochs):
-        epoch_losses = [None]
+        epoch_losses = []
         for images, labels in epoch_batches(epoch):
             params, opt_state, loss = step(params, opt_state, state, backbone, images, labels,
                                            bounds)
             epoch_losses.append(loss)
-        mean = float(np.mean(jax.device_get(epoch_losses[1:]))) if epoch_losses[1:] else 0.0
+        mean = float(np.mean(jax.device_get(epoch_losses))) if epoch_losses else 0.0
         if not np.isfinite(mean):
             raise ValueError(f"learner {learner.name!r}: loss became {mean} in epoch {epoch}; "
                              f"lower learner.{learner.name}.learning_rate.")
