@@ -30,6 +30,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0  # PRNG seed of augmentation, dropping, head init, batch order.
     c.compare_baseline = True  # also run the same learner with mist.enabled=False.
+    # In-task checkpoint every N step boundaries (scoring batches, MIST and image-learner steps);
+    # 0 = only at task ends (a SIGINT/SIGTERM or preemption notice still writes one).
+    c.checkpoint_every_steps = 0
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "mist_multi_domain"  # a TFDS name, an embedded builder, or folder:<root>

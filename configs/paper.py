@@ -189,6 +189,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     name, init_cls, increment, transform = BENCHMARKS[a.dataset]
     with c.unlocked():
         c.compare_baseline = False
+        c.checkpoint_every_steps = 200  # a paper task is minutes of accelerator time
         c.data.name = name
         c.data.init_cls = init_cls
         c.data.increment = increment

@@ -1,9 +1,14 @@
-"""Orbax checkpoints of a class-incremental run, one per finished task.
+"""Orbax checkpoints of a class-incremental run: one per finished task, and in-task ones.
 
-A checkpoint holds everything needed to continue bit-for-bit: the array state (backbone
-params, projection head, learner state, MIST count/frozen masks) and a JSON record (next task
-index, class order, metrics so far, the config fingerprint). Restoring under a different config
-fails with a message instead of silently mixing two experiments.
+A task checkpoint (``<workdir>/checkpoints/<task>``) holds everything needed to continue
+bit-for-bit: the array state (backbone params, projection head, learner state, MIST
+count/frozen masks) and a JSON record (next task index, class order, metrics so far, the
+config). An in-task checkpoint (``<workdir>/checkpoints_in_task/<step>``, only the newest kept)
+holds the unfinished task's loop state on top of the last task checkpoint (the MIST epoch and
+step, params, optimizer state, scores, mask; or the learner's), written every
+``checkpoint_every_steps`` steps, on SIGINT/SIGTERM and on a preemption notice, and deleted
+once the task's own checkpoint is on disk. Restoring under a different config fails with a
+message naming the differing keys instead of silently mixing two experiments.
 """
 
 from __future__ import annotations
@@ -17,11 +22,14 @@ from typing import Any, Callable
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from flax.traverse_util import flatten_dict
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 # Config keys that do not change results: changing them keeps a checkpoint valid.
 # The mesh only changes float rounding (tests/test_sharding.py), so a run may resume on another.
-_RESULT_NEUTRAL = ("compare_baseline", "mist.log_every", "learner.eval_batch_size", "mesh")
+_RESULT_NEUTRAL = ("compare_baseline", "mist.log_every", "learner.eval_batch_size", "mesh",
+                   "checkpoint_every_steps")
+#: Orbax step of in-task checkpoint n of task t: t * IN_TASK_STRIDE + n.
+IN_TASK_STRIDE = 10**9
 
 
 def _comparable(config: dict) -> dict:
@@ -68,10 +76,14 @@ class RunCheckpointer:
     def __init__(self, directory: str | Path, config: dict, max_to_keep: int = 2):
         self.config = config
         self.fingerprint = config_fingerprint(config)
-        self._manager = ocp.CheckpointManager(
-            Path(directory).absolute(),
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
-        )
+        directory = Path(directory).absolute()
+        manager = lambda path, keep: ocp.CheckpointManager(
+            path, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            # Registered up front, so reading one item (the record) needs no guess at the other.
+            item_handlers={"state": ocp.StandardCheckpointHandler(),
+                           "record": ocp.JsonCheckpointHandler()})
+        self._manager = manager(directory, max_to_keep)
+        self._in_task = manager(directory.with_name(directory.name + "_in_task"), 1)
 
     def save(self, task: int, state: Any, record: dict) -> None:
         """Write the checkpoint of finished task ``task`` and block until it is on disk.
@@ -86,6 +98,62 @@ class RunCheckpointer:
             state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)))
         self._manager.wait_until_finished()
 
+    def save_in_task(self, task: int, n: int, state: dict, record: dict) -> None:
+        """Write in-task checkpoint ``n`` (>= 1, increasing within the task) of ``task``.
+
+        Args:
+          state: nested dicts whose leaves are arrays (numpy or jax, any size) or JSON values
+            (numbers, strings, lists, None): arrays go to the array store, the rest to the
+            record, so the caller need not sort them.
+          record: JSON-serialisable extras (the task log so far, the event-log length).
+        """
+        step = task * IN_TASK_STRIDE + n
+        if step == self._in_task.latest_step():
+            return  # stopped again where the run resumed: nothing new to write
+        flat = flatten_dict(state, sep="/")
+        host = lambda x: x if isinstance(x, jax.Array) and not x.is_fully_replicated else np.asarray(x)
+        arrays = {k: host(v) for k, v in flat.items() if _is_array(v) and np.size(v)}
+        empty = {k: [list(np.shape(v)), np.asarray(v).dtype.str] for k, v in flat.items()
+                 if _is_array(v) and not np.size(v)}
+        values = {k: v for k, v in flat.items() if not _is_array(v)}
+        record = dict(record, task=task, n=n, values=values, empty=empty,
+                      config_fingerprint=self.fingerprint, config=self.config)
+        self._in_task.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(arrays), record=ocp.args.JsonSave(record)))
+        self._in_task.wait_until_finished()
+
+    def restore_in_task(self, task: int) -> tuple[dict, dict] | None:
+        """The newest in-task checkpoint of ``task`` as ``(state, record)`` (state nested as
+        saved, arrays as numpy), or None. In-task checkpoints of other tasks (left by a kill
+        between a task checkpoint and their deletion) are deleted.
+        Raises: ValueError as ``restore``.
+        """
+        step = self._in_task.latest_step()
+        if step is None:
+            return None
+        if step // IN_TASK_STRIDE != task:
+            self.clear_in_task()
+            return None
+        record = self._restore(self._in_task, step, "record", ocp.args.JsonRestore)
+        self._check_config(record, self._in_task)
+        arrays = self._restore(self._in_task, step, "state", lambda: ocp.args.StandardRestore(
+            self._numpy_target(self._in_task, step)))
+        flat = dict(record["values"])
+        flat.update({k: np.zeros(shape, dtype) for k, (shape, dtype) in record["empty"].items()})
+        flat.update(flatten_dict(arrays, sep="/") if arrays else {})
+        return unflatten_dict(flat, sep="/"), record
+
+    def clear_in_task(self) -> None:
+        """Delete every in-task checkpoint (the task they belong to is checkpointed)."""
+        for step in self._in_task.all_steps():
+            self._in_task.delete(step)
+
+    def reached_preemption(self, task: int, n: int) -> bool:
+        """True at in-task step ``n`` of ``task`` when a preemption notice reached this job
+        (orbax / JAX's preemption sync point, the same answer on every host; always False
+        where JAX runs no preemption service, e.g. one CPU process)."""
+        return self._in_task.reached_preemption(task * IN_TASK_STRIDE + n)
+
     def restore(self) -> tuple[Any, dict] | None:
         """The newest checkpoint as ``(state, record)``, or None when there is none.
 
@@ -99,37 +167,48 @@ class RunCheckpointer:
         step = self._manager.latest_step()
         if step is None:
             return None
-        record = self._restore(step, "record", ocp.args.JsonRestore)
+        record = self._restore(self._manager, step, "record", ocp.args.JsonRestore)
+        self._check_config(record, self._manager)
+        state = self._restore(self._manager, step, "state", lambda: ocp.args.StandardRestore(
+            self._numpy_target(self._manager, step)))
+        return state, record
+
+    def _check_config(self, record: dict, manager: ocp.CheckpointManager) -> None:
         if record.get("config_fingerprint") != self.fingerprint:
             diff = config_diff(record["config"], self.config) if "config" in record else []
             raise ValueError(
-                f"The checkpoint in {self._manager.directory} was written by a different config "
+                f"The checkpoint in {manager.directory} was written by a different config "
                 f"(fingerprint {record.get('config_fingerprint')} != {self.fingerprint}"
                 + ("; " + "; ".join(diff[:10]) if diff else "") + "). Use a new --workdir for a "
                 "new experiment, or re-run with the original config.")
-        state = self._restore(
-            step, "state", lambda: ocp.args.StandardRestore(self._numpy_target(step)))
-        return state, record
 
-    def _numpy_target(self, step: int) -> Any:
+    @staticmethod
+    def _numpy_target(manager: ocp.CheckpointManager, step: int) -> Any:
         """A restore target of numpy arrays shaped like the saved state.
 
         Every process reads each array whole, also those written as FSDP shards spread over
         several hosts, which a target-less restore would hand back as arrays no single process
         can read; the runner then lays them out on its own mesh (``MeshContext.place``).
         """
-        tree = self._manager.item_metadata(step)["state"]
+        tree = manager.item_metadata(step)["state"]
         tree = getattr(tree, "tree", tree)
         return jax.tree_util.tree_map(lambda m: np.empty(m.shape, m.dtype), tree)
 
-    def _restore(self, step: int, item: str, make_args: Callable[[], Any]) -> Any:
+    @staticmethod
+    def _restore(manager: ocp.CheckpointManager, step: int, item: str,
+                 make_args: Callable[[], Any]) -> Any:
         """Restore ``item`` of ``step`` with the orbax args ``make_args()`` builds; any failure,
         reading the metadata included, becomes the ValueError naming the folder."""
         try:
-            return self._manager.restore(step, args=ocp.args.Composite(**{item: make_args()}))[item]
+            return manager.restore(step, args=ocp.args.Composite(**{item: make_args()}))[item]
         except Exception as e:
-            raise ValueError(f"Checkpoint {self._manager.directory / str(step)} is unreadable "
+            raise ValueError(f"Checkpoint {manager.directory / str(step)} is unreadable "
                              f"({e}); move the folder away to start the run afresh.") from e
 
     def close(self) -> None:
         self._manager.close()
+        self._in_task.close()
+
+
+def _is_array(x: Any) -> bool:
+    return isinstance(x, (np.ndarray, np.generic, jax.Array))

@@ -27,9 +27,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mist_jax import augment, mask_stats, masks, objectives, optim, sensitivity, sharding
+from mist_jax import augment, mask_stats, masks, objectives, optim, sensitivity, sharding, trees
 
 PyTree = Any
+#: ``at_boundary(position, state)``: called at every step boundary of an adaptation with
+#: ``position = {"phase", "epoch", "batch"}`` (batches of that epoch done) and a function
+#: returning what is needed to continue from there (arrays and numbers; ``Tuner.adapt``'s
+#: ``resume``). It may save that state (an in-task checkpoint) and may raise to stop the run.
+Boundary = Callable[[dict, Callable[[], dict]], None]
 
 
 def make_view_loss_fn(model: nn.Module, preprocess: Callable, objective: str = "mi",
@@ -158,18 +163,23 @@ class Tuner:
                             donate_argnums=(0, 1))
 
     def adapt(self, params: PyTree, state: masks.MistState,
-              epoch_batches: Callable[[int], Iterable], key: jax.Array,
-              on_step: Callable[[dict], None] | None = None
+              epoch_batches: Callable[[int, int], Iterable], key: jax.Array,
+              on_step: Callable[[dict], None] | None = None,
+              at_boundary: Boundary | None = None, resume: dict | None = None
               ) -> tuple[PyTree, masks.MistState, dict]:
         """Run MIST on one task: ``score`` -> ``select`` -> ``tune`` -> ``bookkeep``.
 
         Args:
           params: ``{"backbone", "head"}`` float32 pytree (not modified; a new one is returned).
           state: the ``MistState`` (count, frozen) from earlier tasks, shaped like ``params``.
-          epoch_batches: ``epoch -> iterable of (images, labels, key)`` for epoch 0..E-1; epoch 0
-            is the scoring pass (docs/algorithm.md §4: it counts as the first of ``cfg.epochs``).
+          epoch_batches: ``(epoch, start) -> iterable of (images, labels, key)`` for epoch
+            0..E-1 from batch ``start`` on; epoch 0 is the scoring pass (docs/algorithm.md §4:
+            it counts as the first of ``cfg.epochs``).
           key: PRNG key (or int seed) of this task's stochastic drop and random selector.
           on_step: optional callback receiving a dict per step (epoch, step, loss, updated_fraction).
+          at_boundary: optional ``Boundary``, called after every scoring batch and tuning step.
+          resume: the dict a ``Boundary``'s state function returned (restored from an in-task
+            checkpoint, numpy arrays): continue from there, bitwise as if never stopped.
         Returns:
           ``(tuned params, new MistState, log)`` with log keys ``mi_loss_per_epoch`` (mean over
           each update epoch), ``selected_fraction`` (selected / total over scored backbone
@@ -183,35 +193,58 @@ class Tuner:
           ValueError: a NaN/inf loss (names the epoch and the likely fix).
         """
         cfg, mesh = self.cfg, self.mesh
-        t0 = time.perf_counter()
+        resume = resume or {"phase": "score", "batch": 0}
+        t0 = time.perf_counter() - float(resume.get("seconds", 0.0))
         params = mesh.place(params)
         state = masks.MistState(*mesh.place(tuple(state)))
-        scoring_images = []
-        counted = (scoring_images.append(len(b[1])) or b for b in epoch_batches(0))
-        scores = score(self, params, counted, state.frozen)
-        mask = select(cfg, params, scores, key)
-        params, stats = tune(self, params, mask, state, key, epoch_batches, on_step)
+        at = at_boundary or (lambda position, get: None)
+        seen = {"batch": int(resume["batch"]), "images": int(resume.get("scoring_images", 0))}
+        if resume["phase"] == "score":
+            def counted():
+                for b in epoch_batches(0, seen["batch"]):
+                    seen["images"] += len(b[1])
+                    yield b
+
+            def on_batch(acc):
+                seen["batch"] += 1
+                at({"phase": "score", "epoch": 0, "batch": seen["batch"]},
+                   lambda: {"phase": "score", "batch": seen["batch"], "scores": acc,
+                            "scoring_images": seen["images"],
+                            "seconds": time.perf_counter() - t0})
+
+            init = None if resume.get("scores") is None else mesh.place(resume["scores"])
+            scores = score(self, params, counted(), state.frozen, init=init, on_batch=on_batch)
+            mask, tuning = select(cfg, params, scores, key), None
+        else:
+            scores, mask = mesh.place(resume["scores"]), mesh.place(resume["mask"])
+            tuning = resume
+        extra = lambda: {"phase": "tune", "scores": scores, "mask": mask,
+                         "scoring_images": seen["images"], "seconds": time.perf_counter() - t0}
+        params, stats = tune(self, params, mask, state, key, epoch_batches, on_step,
+                             at_boundary=lambda pos, get: at(pos, lambda: {**get(), **extra()}),
+                             resume=tuning)
         log = dict(stats, **selection_log(mask, scores, state.count, cfg.selection_units))
         log["seconds"] = time.perf_counter() - t0
-        log["images_per_second"] = (sum(scoring_images) + stats["images"]) / max(log["seconds"],
-                                                                                 1e-9)
+        log["images_per_second"] = (seen["images"] + stats["images"]) / max(log["seconds"], 1e-9)
         if cfg.bookkeeping:  # False: the dense fine-tuning reference counts and freezes nothing
             state = masks.MistState(*mesh.place(tuple(bookkeep(cfg, state, mask, scores))))
         return params, state, log
 
 
-def score(tuner: Tuner, params: PyTree, batches: Iterable, frozen: PyTree | None) -> PyTree:
+def score(tuner: Tuner, params: PyTree, batches: Iterable, frozen: PyTree | None,
+          init: PyTree | None = None, on_batch: Callable[[PyTree], None] | None = None) -> PyTree:
     """Epoch 1 of MIST: the sensitivity score of every weight (docs/algorithm.md §4).
 
     ``sensitivity.gradient_scores`` for ``selector="gradient"``, else the MI-Fisher
     ``sensitivity.fisher_scores`` (also the freezing score of the other ablation selectors).
-    ``batches``: (images, labels, key) on the tuner's mesh. Returns float32 scores shaped like
-    ``params``, laid out like them. Raises ValueError on empty batches.
+    ``batches``: (images, labels, key) on the tuner's mesh; ``init`` / ``on_batch``: the sum
+    of a resumed pass / a callback per batch (``sensitivity.fisher_scores``). Returns float32
+    scores shaped like ``params``, laid out like them. Raises ValueError on empty batches.
     """
     fn = (sensitivity.gradient_scores if tuner.cfg.selector == "gradient"
           else sensitivity.fisher_scores)
     return fn(tuner.loss_fn, tuner.mesh.place(params), batches, frozen=frozen,
-              shardings=tuner.param_shardings)
+              shardings=tuner.param_shardings, init=init, on_batch=on_batch)
 
 
 def select(cfg: Any, params: PyTree, scores: PyTree, key) -> PyTree:
@@ -231,21 +264,36 @@ class TuneStats(NamedTuple):
 
 
 def tune(tuner: Tuner, params: PyTree, mask: PyTree, state: masks.MistState, key,
-         epoch_batches: Callable[[int], Iterable],
-         on_step: Callable[[dict], None] | None = None) -> tuple[PyTree, dict]:
+         epoch_batches: Callable[[int, int], Iterable],
+         on_step: Callable[[dict], None] | None = None,
+         at_boundary: Boundary | None = None, resume: dict | None = None) -> tuple[PyTree, dict]:
     """Epochs 2..E of MIST: sparse tuning of the masked weights with the MI loss
     (docs/algorithm.md §6-7). ``state`` gives the counts (damping) and frozen weights.
 
+    ``at_boundary`` is called after each step with ``{"phase": "tune", "epoch": e, "batch":
+    b}`` (b steps of epoch e done) and a function returning the loop's state (``params``,
+    ``opt_state`` as ``trees.leaf_dict``, the losses and counters); given back as ``resume``,
+    the loop continues from there bitwise.
     Returns ``(tuned params, TuneStats as a dict)``; ``params`` is copied, not donated.
     Raises: ValueError on a NaN/inf epoch loss.
     """
     cfg = tuner.cfg
     params = tuner.mesh.place(jax.tree.map(jnp.array, params))  # a private copy: the step donates it
     opt_state = tuner.init(params, mask, state.count, state.frozen, key)
-    losses, changed, images, steps = [], [], 0, 0
-    for epoch in range(1, cfg.epochs):
-        epoch_losses = []
-        for batch in epoch_batches(epoch):
+    losses, changed, images, steps, epoch0, batch0, epoch_losses = [], [], 0, 0, 1, 0, []
+    if resume is not None:
+        params = tuner.mesh.place(resume["params"])
+        opt_state = jax.device_put(trees.from_leaf_dict(opt_state, resume["opt_state"]),
+                                   tuner.opt_shardings)
+        losses = [float(x) for x in np.asarray(resume["losses"]).reshape(-1)]
+        changed = list(np.asarray(resume["changed"]).reshape(-1))
+        epoch_losses = list(np.asarray(resume["epoch_losses"]).reshape(-1))
+        images, steps = int(resume["images"]), int(resume["steps"])
+        epoch0, batch0 = int(resume["epoch"]), int(resume["batch"])
+    for epoch in range(epoch0, cfg.epochs):
+        start = batch0 if epoch == epoch0 else 0
+        epoch_losses = epoch_losses if epoch == epoch0 else []
+        for b, batch in enumerate(epoch_batches(epoch, start), start=start + 1):
             params, opt_state, loss, frac = tuner.step(params, opt_state, batch)
             epoch_losses.append(loss)
             changed.append(frac)
@@ -254,6 +302,13 @@ def tune(tuner: Tuner, params: PyTree, mask: PyTree, state: masks.MistState, key
             if on_step is not None and steps % max(cfg.log_every, 1) == 0:
                 on_step({"epoch": epoch, "step": steps, "mi_loss": float(loss),
                          "updated_fraction": float(frac)})
+            if at_boundary is not None:
+                at_boundary({"phase": "tune", "epoch": epoch, "batch": b}, lambda: {
+                    "params": params, "opt_state": trees.leaf_dict(opt_state),
+                    "losses": np.asarray(losses, np.float64).reshape(-1),
+                    "epoch_losses": np.asarray(jax.device_get(epoch_losses), np.float32),
+                    "changed": np.asarray(jax.device_get(changed), np.float32),
+                    "images": images, "steps": steps, "epoch": epoch, "batch": b})
         mean = float(np.mean(jax.device_get(epoch_losses))) if epoch_losses else float("nan")
         if epoch_losses and not np.isfinite(mean):
             raise ValueError(f"MIST loss became {mean} in epoch {epoch}; lower "

@@ -59,7 +59,8 @@ def _compiled_steps(loss_fn: LossFn, power: int, layout: tuple | None) -> tuple[
 
 
 def _accumulate(loss_fn: LossFn, power: int, params: PyTree, batches: Iterable, frozen,
-                shardings: PyTree | None = None) -> PyTree:
+                shardings: PyTree | None = None, init: PyTree | None = None,
+                on_batch: Callable[[PyTree], None] | None = None) -> PyTree:
     if frozen is not None and jax.tree.structure(frozen) != jax.tree.structure(params):
         raise ValueError(
             "frozen must be None or a bool pytree with the same structure as params "
@@ -70,12 +71,14 @@ def _accumulate(loss_fn: LossFn, power: int, params: PyTree, batches: Iterable, 
         leaves, treedef = jax.tree.flatten(shardings)
         layout = (treedef, tuple(leaves))
     first, accumulate = _compiled_steps(loss_fn, power, layout)
-    acc = None
+    acc = init
     for batch in batches:
         if acc is None:
             acc = first(params, batch, frozen)
         else:
             acc = accumulate(acc, params, batch, frozen)
+        if on_batch is not None:
+            on_batch(acc)
     if acc is None:
         raise ValueError("batches is empty: pass an iterable with at least one batch of the task.")
     return acc
@@ -83,7 +86,8 @@ def _accumulate(loss_fn: LossFn, power: int, params: PyTree, batches: Iterable, 
 
 def fisher_scores(
     loss_fn: LossFn, params: PyTree, batches: Iterable, frozen: PyTree | None = None,
-    shardings: PyTree | None = None,
+    shardings: PyTree | None = None, init: PyTree | None = None,
+    on_batch: Callable[[PyTree], None] | None = None,
 ) -> PyTree:
     """MI-Fisher sensitivity: sum over batches of the squared batch gradient (docs/algorithm.md §4).
 
@@ -95,19 +99,24 @@ def fisher_scores(
       frozen: None or bool pytree shaped like params; frozen elements score exactly 0.
       shardings: None, or a NamedSharding per leaf of params (``MeshContext.shardings``):
         params must already be laid out so, and the scores come back laid out so.
+      init: None, or the sum over batches already scored (resuming a pass: the result is then
+        bitwise that of one uninterrupted pass); laid out like params.
+      on_batch: called with the running sum after each batch (e.g. to checkpoint it); the sum
+        is donated to the next step, so read or save it inside the call.
 
     Returns:
       float32 pytree shaped like params: sum_b (dL_b/dtheta)^2.
 
     Raises:
-      ValueError: `batches` is empty or `frozen` does not match params.
+      ValueError: `batches` is empty (and no `init`) or `frozen` does not match params.
     """
-    return _accumulate(loss_fn, 2, params, batches, frozen, shardings)
+    return _accumulate(loss_fn, 2, params, batches, frozen, shardings, init, on_batch)
 
 
 def gradient_scores(
     loss_fn: LossFn, params: PyTree, batches: Iterable, frozen: PyTree | None = None,
-    shardings: PyTree | None = None,
+    shardings: PyTree | None = None, init: PyTree | None = None,
+    on_batch: Callable[[PyTree], None] | None = None,
 ) -> PyTree:
     """Gradient-magnitude ablation score: sum over batches of |batch gradient| (docs/algorithm.md §12).
 
@@ -115,7 +124,7 @@ def gradient_scores(
     gradient), the first-order analogue of `fisher_scores`, so opposite-signed batches do not
     cancel. Same arguments, returns and errors as `fisher_scores`.
     """
-    return _accumulate(loss_fn, 1, params, batches, frozen, shardings)
+    return _accumulate(loss_fn, 1, params, batches, frozen, shardings, init, on_batch)
 
 
 def magnitude_scores(params: PyTree) -> PyTree:

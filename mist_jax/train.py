@@ -34,7 +34,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from mist_jax import learners, masks, metrics, mist, outputs, seeds, sharding, validate
+from mist_jax import interrupt, learners, masks, metrics, mist, outputs, seeds, sharding, validate
 from mist_jax.checkpoint import RunCheckpointer
 from mist_jax.data import batches, get_preprocess, sources, tasks, transforms
 from mist_jax.lock import WorkdirLock
@@ -87,14 +87,18 @@ class Run:
       cfg: the locked run config (``configs/*.py``).
       workdir: output folder; an existing run there with the same config is resumed.
       progress: show a tqdm bar per epoch.
+      stop: the ``interrupt.StopSignal`` to honour at step boundaries (None: only preemption
+        notices and ``checkpoint_every_steps`` write in-task checkpoints).
     Raises:
       ValueError / FileNotFoundError: a bad config value, learner or dataset (before any work).
+      interrupt.Interrupted (from ``run``): stopped on request after a checkpoint.
     """
 
-    def __init__(self, cfg: ml_collections.ConfigDict, workdir: str | Path, progress: bool = True):
+    def __init__(self, cfg: ml_collections.ConfigDict, workdir: str | Path, progress: bool = True,
+                 stop: interrupt.StopSignal | None = None):
         validate.check_config(cfg)  # before any data, weights or work
         sharding.initialize_distributed()
-        self.cfg, self.workdir = cfg, Path(workdir)
+        self.cfg, self.workdir, self.stop = cfg, Path(workdir), stop
         self.writer = sharding.is_writer()
         self._lock = WorkdirLock(self.workdir) if self.writer else None
         self.progress, self._bar = progress and self.writer, None
@@ -129,10 +133,14 @@ class Run:
         self.record = {"next_task": 0, "acc_matrix": [], "top1_curve": [], "top5_curve": [],
                        "tasks": [], "class_order": self.data.order.tolist()}
         self.ckpt = RunCheckpointer(self.workdir / "checkpoints", cfg.to_dict())
+        self._in_task, self._boundaries = None, 0
         self._resume()
-        # The event log keeps exactly the lines of the tasks in the checkpoint.
-        self.events = (outputs.EventLog(self.workdir, self.record.get("event_lines", 0),
-                                        purge_step=self.record["next_task"] * STEPS_PER_TASK)
+        # The event log keeps exactly the lines of the work in the checkpoint.
+        lines, purge = self.record.get("event_lines", 0), self.record["next_task"] * STEPS_PER_TASK
+        if self._in_task is not None:
+            lines = self._in_task["record"]["event_lines"]
+            purge += self._in_task["record"]["mist_steps"] + 1
+        self.events = (outputs.EventLog(self.workdir, lines, purge_step=purge)
                        if self.writer else _NoLog())
         if self.writer:
             outputs.write_json(self.workdir / "config.json", cfg.to_dict())
@@ -149,9 +157,11 @@ class Run:
 
     def _resume(self) -> None:
         restored = self.ckpt.restore()
-        if restored is None:
-            return
-        state, record = restored
+        if restored is not None:
+            self._restore_task(*restored)
+        self._restore_in_task()
+
+    def _restore_task(self, state: dict, record: dict) -> None:
         if record["class_order"] != self.record["class_order"]:
             raise ValueError("The checkpoint's class order differs from this dataset's; use a "
                              "new --workdir.")
@@ -163,16 +173,53 @@ class Run:
         self.record = record
         logging.info("Resumed %s at task %d.", self.workdir, record["next_task"])
 
+    def _restore_in_task(self) -> None:
+        restored = self.ckpt.restore_in_task(self.record["next_task"])
+        if restored is None:
+            return
+        state, record = restored
+        self._in_task = {"state": state, "record": record}
+        self._boundaries = record["n"]
+        pos = record["position"]
+        logging.info("Resumed task %d inside its %s phase (epoch %d, batch %d).",
+                     self.record["next_task"], pos["phase"], pos["epoch"], pos["batch"])
+
+    # ----------------------------------------------------------------- in-task checkpoints
+    def _boundary(self, t: int, position: dict, get_state, run_state) -> None:
+        """A step boundary of task t (``mist.Boundary``): write an in-task checkpoint every
+        ``checkpoint_every_steps`` boundaries and on a stop request or preemption notice; on
+        the latter two, raise ``interrupt.Interrupted`` after it."""
+        self._boundaries += 1
+        n, every = self._boundaries, self.cfg.checkpoint_every_steps
+        stop = self._stop_requested() or self.ckpt.reached_preemption(t, n)
+        if stop or (every and n % every == 0):
+            task_log, mist_steps, arrays = run_state()
+            self.ckpt.save_in_task(t, n, {"loop": get_state(), "run": arrays}, {
+                "position": position, "task_log": task_log, "mist_steps": mist_steps,
+                "event_lines": self.events.lines})
+        if stop:
+            where = (f"{position['phase']} phase, epoch {position['epoch']}, batch "
+                     f"{position['batch']}")
+            raise interrupt.Interrupted(
+                f"Stopped in {self.workdir} during task {t} ({where}) after an in-task "
+                "checkpoint. Re-run the same command to resume from there.")
+
+    def _stop_requested(self) -> bool:
+        # One process: the local signal. Several: only the preemption sync point, which every
+        # host reaches at the same step (a local signal could differ by a step between hosts).
+        return bool(self.stop is not None and self.stop.requested and jax.process_count() == 1)
+
     # ----------------------------------------------------------------- data
     def _batches(self, images: sources.ImageSet, idx: np.ndarray, labels: np.ndarray, batch: int,
                  streams: tuple[str, int, int] | None = None, key: jax.Array | None = None,
-                 desc: str | None = None):
+                 desc: str | None = None, start: int = 0):
         """Global batches on the mesh, prefetched 2 deep: (float32[B, S, S, 3] images in [0, 1],
         int32[B] labels[, PRNG key]) (``data.batches.host_batches``).
 
         ``streams = (prefix, t, e)``: shuffled, train transform, seed sequences
         ``(config.seed, prefix + "order" | prefix + "transform", t, e)``; None: in order, test
-        transform. ``key``: batch b also gets ``fold_in(key, b)``.
+        transform. ``key``: batch b also gets ``fold_in(key, b)``. ``start``: skip the first
+        batches (resuming inside an epoch).
         """
         train_tf, test_tf = self.transforms
         seqs = {}
@@ -182,12 +229,12 @@ class Run:
                         transform_seq=seeds.sequence(self.cfg.seed, prefix + "transform", t, e))
         host = batches.host_batches(images, idx, labels, batch,
                                     train_tf if streams is not None else test_tf,
-                                    local_rows=self.mesh.local_rows, **seqs)
+                                    local_rows=self.mesh.local_rows, start=start, **seqs)
         if key is not None:
-            host = batches.with_keys(host, key)
+            host = batches.with_keys(host, key, start)
         if desc is not None:
             host = self._bar = tqdm.tqdm(host, desc=desc, leave=False, disable=not self.progress,
-                                         total=-(-len(idx) // batch))
+                                         initial=start, total=-(-len(idx) // batch))
         return sharding.prefetch(host, lambda b: self.mesh.put_batch(b[1], b[0]), size=2)
 
     def features(self, split: str, idx: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -216,12 +263,18 @@ class Run:
     # ----------------------------------------------------------------- the loop
     def run(self) -> dict:
         """Run (or finish) every task; returns the results dict also written to results.json."""
-        for t in range(self.record["next_task"], len(self.data.ranges)):
-            self._task(t)
-        self.events.close()
-        self.ckpt.close()
-        if self._lock is not None:
-            self._lock.release()
+        try:
+            for t in range(self.record["next_task"], len(self.data.ranges)):
+                self._task(t)
+                if self._stop_requested() and t + 1 < len(self.data.ranges):
+                    raise interrupt.Interrupted(
+                        f"Stopped in {self.workdir} after task {t} (checkpointed). Re-run the "
+                        f"same command to resume with task {t + 1}.")
+        finally:
+            self.events.close()
+            self.ckpt.close()
+            if self._lock is not None:
+                self._lock.release()
         if self.writer:
             return outputs.finish(self.workdir, self.cfg, self.record)
         rec = self.record
@@ -230,56 +283,98 @@ class Run:
 
     def _task(self, t: int) -> None:
         lo, hi = self.data.ranges[t]
-        t0 = time.perf_counter()
         idx, labels = self.data.task(t)
         task_log: dict[str, Any] = {"task": t, "classes": [lo, hi], "train_images": len(idx)}
-        before = None
-        if self.tuner is not None and (self.learner.tunes_backbone
-                                       or self.cfg.mist.tasks == "all" or t == 0):
-            if self.learner.tracks_drift and t > 0:
+        part, self._in_task = self._in_task, None  # set when resuming inside task t
+        phase = part["record"]["position"]["phase"] if part else None
+        before, elapsed = None, 0.0
+        if part:
+            task_log, elapsed = part["record"]["task_log"], part["record"]["task_log"]["elapsed"]
+            before = part["state"].get("run", {}).get("before")
+        t0 = time.perf_counter() - elapsed
+        if phase == "learner":  # MIST had finished: take its result
+            self._restore_tuned(part["state"]["run"])  # always saved in this phase
+        elif self.tuner is not None and (self.learner.tunes_backbone
+                                         or self.cfg.mist.tasks == "all" or t == 0):
+            if self.learner.tracks_drift and t > 0 and before is None:
                 before = self.features("train", idx, labels)
-            task_log.update(self.tune_backbone(t, idx, labels))
-        task_log.update(self.fit_learner(t, idx, labels, before))
+            run_state = lambda: (dict(task_log, elapsed=time.perf_counter() - t0), 0,
+                                 {} if before is None else {"before": before})
+            task_log.update(self.tune_backbone(t, idx, labels, run_state,
+                                               part["state"]["loop"] if part else None))
+        run_state = lambda: (dict(task_log, elapsed=time.perf_counter() - t0),
+                             task_log.get("steps", 0), self._tuned_state())
+        task_log.update(self.fit_learner(t, idx, labels, before, run_state,
+                                         part["state"]["loop"] if phase == "learner" else None))
         row, top1, top5 = self.evaluate(hi)
         rec = self.record
         rec["acc_matrix"].append(row)
         rec["top1_curve"].append(top1)
         rec["top5_curve"].append(top5)
+        task_log.pop("elapsed", None)
         task_log.update(seconds=time.perf_counter() - t0, top1=top1, acc_row=row)
         rec["tasks"].append(task_log)
         rec["next_task"] = t + 1
         event = {k: v for k, v in task_log.items() if k not in _PER_TENSOR}
-        self.events.write({"event": "task_end", **event}, step=t * STEPS_PER_TASK)
+        self.events.write({"event": "task_end", **event}, step=(t + 1) * STEPS_PER_TASK - 1)
         logging.info("task %d classes [%d, %d): top1 %.2f  row %s", t, lo, hi, top1,
                      " ".join(f"{a:.1f}" for a in row))
         rec["event_lines"] = self.events.lines
         self.ckpt.save(t, self._state_tree(), rec)
+        self.ckpt.clear_in_task()
+        self._boundaries = 0
 
-    def tune_backbone(self, t: int, idx: np.ndarray, labels: np.ndarray) -> dict:
-        """MIST (or the learner's own tuning) on task t's images; returns its log."""
+    def _tuned_state(self) -> dict:
+        """The arrays MIST changed in this task (for an in-task checkpoint after tuning)."""
+        return {"params": self.params, "mist": {"count": self.mist_state.count,
+                                                "frozen": self.mist_state.frozen},
+                "learner": flax.serialization.to_state_dict(self.learner_state)}
+
+    def _restore_tuned(self, saved: dict) -> None:
+        self.params = self.mesh.place(saved["params"])
+        self.mist_state = masks.MistState(*self.mesh.place(
+            (saved["mist"]["count"], saved["mist"]["frozen"])))
+        self.learner_state = flax.serialization.from_state_dict(self.learner_state,
+                                                                saved["learner"])
+        self._backbone_version += 1
+
+    def tune_backbone(self, t: int, idx: np.ndarray, labels: np.ndarray, run_state=None,
+                      resume: dict | None = None) -> dict:
+        """MIST (or the learner's own tuning) on task t's images; returns its log.
+
+        ``run_state() -> (task log, MIST steps, arrays)``: the runner's part of an in-task
+        checkpoint; ``resume``: the loop state of one (``mist.Tuner.adapt``).
+        """
         cfg = self.cfg
         epochs = self.tuning.epochs
-        epoch_batches = lambda e: self._batches(
+        epoch_batches = lambda e, start: self._batches(
             self.data.train, idx, labels, self.tuning.batch_size, streams=("", t, e),
-            key=seeds.key(cfg.seed, "views", t, e),
+            key=seeds.key(cfg.seed, "views", t, e), start=start,
             desc=f"task {t} MI epoch {e + 1}/{epochs}" + (" (scoring)" if e == 0 else ""))
+        at = None if run_state is None else (
+            lambda pos, get: self._boundary(t, pos, get, run_state))
         self.params, self.mist_state, log = self.tuner.adapt(
             self.params, self.mist_state, epoch_batches, seeds.key(cfg.seed, "drop", t),
-            on_step=lambda row: self._on_step(t, row))
+            on_step=lambda row: self._on_step(t, row), at_boundary=at, resume=resume)
         self._backbone_version += 1
         self.learner_state = self.learner.after_tuning(self.learner_state, self.params)
         return log
 
-    def fit_learner(self, t: int, idx: np.ndarray, labels: np.ndarray, before=None) -> dict:
+    def fit_learner(self, t: int, idx: np.ndarray, labels: np.ndarray, before=None,
+                    run_state=None, resume: dict | None = None) -> dict:
         """The learner's step on task t: ``fit_task`` on features (after ``compensate`` with
-        the features ``before`` tuning, if given), or ``fit_on_images``; returns its log."""
+        the features ``before`` tuning, if given), or ``fit_on_images``; returns its log.
+        ``run_state`` / ``resume``: as ``tune_backbone`` (image learners)."""
         learner, task_range = self.learner, self.data.ranges[t]
         if learner.inputs == "images":
-            epoch_batches = lambda e: self._batches(
+            epoch_batches = lambda e, start: self._batches(
                 self.data.train, idx, labels, learner.batch_size, streams=("learner_", t, e),
-                desc=f"task {t} {learner.name} epoch {e + 1}/{learner.epochs}")
+                start=start, desc=f"task {t} {learner.name} epoch {e + 1}/{learner.epochs}")
+            at = None if run_state is None else (
+                lambda pos, get: self._boundary(t, pos, get, run_state))
             self.learner_state, losses = learners.fit_on_images(
-                learner, self.learner_state, self.params["backbone"], epoch_batches, task_range)
+                learner, self.learner_state, self.params["backbone"], epoch_batches, task_range,
+                at_boundary=at, resume=resume)
             return {"learner_loss_per_epoch": losses}
         feats = self.features("train", idx, labels)
         if before is not None:
@@ -312,7 +407,8 @@ class Run:
                 metrics.topk_accuracy(logits, labels, 1), metrics.topk_accuracy(logits, labels, 5))
 
 
-#: TensorBoard step of task t's events: t * STEPS_PER_TASK (+ the MIST step).
+#: TensorBoard steps of task t's events: t * STEPS_PER_TASK + the MIST step; its task_end
+#: event at (t + 1) * STEPS_PER_TASK - 1.
 STEPS_PER_TASK = 100000
 #: Per-tensor task-log entries kept in results.json but not in the event log.
 _PER_TENSOR = ("coverage", "block_selected", "score_share", "overlap_histogram")

@@ -104,3 +104,22 @@ def expand_prefix(prefix: PyTree | None, params: PyTree, default) -> PyTree:
             f"({jax.tree.structure(prefix, is_leaf=lambda x: x is None)} vs "
             f"{jax.tree.structure(params)}); use None for uncovered subtrees."
         ) from e
+
+
+def leaf_dict(tree: PyTree) -> dict[str, Any]:
+    """The leaves of any pytree (tuples and NamedTuples included, e.g. an optax state) as a
+    flat ``{"00000": leaf, "00001": ...}`` dict in ``jax.tree.leaves`` order: a form every
+    checkpointer can store. ``from_leaf_dict`` inverts it."""
+    return {f"{i:05d}": x for i, x in enumerate(jax.tree.leaves(tree))}
+
+
+def from_leaf_dict(template: PyTree, leaves: dict[str, Any]) -> PyTree:
+    """The tree of ``template``'s structure holding ``leaves`` (from ``leaf_dict``).
+
+    Raises: ValueError when the leaf count differs (a state saved by another optimizer).
+    """
+    treedef = jax.tree.structure(template)
+    if treedef.num_leaves != len(leaves):
+        raise ValueError(f"{len(leaves)} saved leaves do not fit a tree of {treedef.num_leaves} "
+                         "(the checkpoint was written by another optimizer or model).")
+    return jax.tree.unflatten(treedef, [leaves[k] for k in sorted(leaves)])

@@ -60,6 +60,9 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
     tunes = mi.enabled or (learner is not None and learner.tunes_backbone)
     checks: list[tuple[str, Any, bool, str]] = [
         ("seed", cfg.seed, _int(cfg.seed) and cfg.seed >= 0, "an integer >= 0"),
+        ("checkpoint_every_steps", cfg.checkpoint_every_steps,
+         _int(cfg.checkpoint_every_steps) and cfg.checkpoint_every_steps >= 0,
+         "an integer >= 0 (0 = checkpoints at task ends only)"),
         ("data.init_cls", d.init_cls, _int(d.init_cls) and d.init_cls >= 1, "an integer >= 1"),
         ("data.increment", d.increment, _int(d.increment) and d.increment >= 1,
          "an integer >= 1"),

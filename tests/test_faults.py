@@ -1,6 +1,7 @@
-"""Fault injection: kill -9 at seeded random moments of the smoke run (and inside a checkpoint
-write), re-run the same command, and get the uninterrupted run's results and final parameters
-bitwise, with every event logged once."""
+"""Fault injection: kill -9 at seeded random moments of the smoke run (with in-task
+checkpoints every 2 step boundaries, and inside a checkpoint write), SIGTERM / SIGINT mid-task;
+re-run the same command, and get the uninterrupted run's results and final parameters bitwise,
+with every event logged once."""
 
 import json
 import os
@@ -19,18 +20,23 @@ KILLS = 10
 TIMING = {"seconds", "images_per_second", "versions"}
 
 
-def _cmd(workdir: Path) -> list[str]:
+def _cmd(workdir: Path, every: int = 0) -> list[str]:
+    # checkpoint_every_steps is result-neutral: a run with in-task checkpoints resumes into
+    # the same results as the reference without them.
     return [sys.executable, "-m", "mist_jax.main", "--config", "configs/default.py:smoke",
-            "--config.compare_baseline=False", "--workdir", str(workdir)]
+            "--config.compare_baseline=False", "--config.mist.log_every=1",
+            f"--config.checkpoint_every_steps={every}", "--workdir", str(workdir)]
 
 
 def _env() -> dict:
     return dict(os.environ, JAX_PLATFORMS="cpu")
 
 
-def _finish(workdir: Path) -> None:
-    done = subprocess.run(_cmd(workdir), cwd=ROOT, env=_env(), capture_output=True, text=True)
+def _finish(workdir: Path, every: int = 0) -> str:
+    done = subprocess.run(_cmd(workdir, every), cwd=ROOT, env=_env(), capture_output=True,
+                          text=True)
     assert done.returncode == 0, done.stderr[-3000:]
+    return done.stderr
 
 
 def _strip(x):
@@ -78,7 +84,7 @@ def test_kill_9_anywhere_then_resume_is_bitwise_equal(reference, tmp_path):
     rng = np.random.default_rng(2026)
     for k, delay in enumerate(rng.uniform(0.1, 1.0, KILLS) * seconds):
         workdir = tmp_path / f"kill{k}"
-        proc = subprocess.Popen(_cmd(workdir), cwd=ROOT, env=_env(),
+        proc = subprocess.Popen(_cmd(workdir, every=2), cwd=ROOT, env=_env(),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             proc.wait(timeout=delay)
@@ -103,4 +109,28 @@ def test_kill_9_during_a_checkpoint_write_then_resume_is_bitwise_equal(reference
         time.sleep(0.005)
     proc.wait()
     _finish(workdir)
+    _assert_same(_outcome(workdir), want)
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_task_stops_at_a_step_with_a_checkpoint_and_one_line(reference, tmp_path):
+    # (SIGTERM, the same handler: tests/test_train.py.)
+    want, _ = reference
+    workdir = tmp_path / "signal"
+    proc = subprocess.Popen(_cmd(workdir), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    events = workdir / "mist" / "metrics.jsonl"
+    while proc.poll() is None:  # the first MIST step of task 0 is logged: mid-task
+        if events.is_file() and '"mist_step"' in events.read_text():
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.01)
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    last = [l for l in stderr.splitlines() if "Stopped in" in l]
+    assert len(last) == 1 and "after an in-task checkpoint" in last[0], stderr[-3000:]
+    assert "Re-run the same command to resume" in last[0]
+    resumed = _finish(workdir)
+    assert "Resumed" in resumed  # inside task 0, or at task 1 if the signal came late
     _assert_same(_outcome(workdir), want)

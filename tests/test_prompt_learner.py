@@ -14,7 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from prompt_learner import PromptHead  # noqa: E402  (registers "prompt_head")
 from test_train import smoke  # noqa: E402
 
-from mist_jax import learners, train  # noqa: E402
+from mist_jax import interrupt, learners, train  # noqa: E402
+from test_in_task import StopAt  # noqa: E402
 
 
 def _config(**overrides):
@@ -34,11 +35,17 @@ def test_config_block_comes_from_the_dataclass():
                                                  "learning_rate": 1e-3, "length": 4}
 
 
-def test_prompt_learner_trains_end_to_end(tmp_path):
-    run = train.Run(_config(), tmp_path / "run", progress=False)
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """An uninterrupted run: (Run, results, initial backbone, initial prompts)."""
+    run = train.Run(_config(), tmp_path_factory.mktemp("prompt") / "run", progress=False)
     backbone0 = jax.device_get(run.params["backbone"])
     prompts0 = np.asarray(run.learner_state.params["prompts"])
-    results = run.run()
+    return run, run.run(), backbone0, prompts0
+
+
+def test_prompt_learner_trains_end_to_end(finished):
+    run, results, backbone0, prompts0 = finished
     assert [len(r) for r in results["acc_matrix"]] == [1, 2]
     for task in results["tasks"]:
         losses = task["learner_loss_per_epoch"]
@@ -57,13 +64,34 @@ def test_prompt_learner_trains_end_to_end(tmp_path):
 
     # The checkpoint holds the backbone and the learner's prompts; a second Run resumes
     # with both, identical.
-    again = train.Run(_config(), tmp_path / "run", progress=False)
+    again = train.Run(_config(), run.workdir, progress=False)
     assert again.record["next_task"] == 2
     np.testing.assert_array_equal(np.asarray(again.learner_state.params["prompts"]),
                                   np.asarray(state["prompts"]))
     chex_equal = jax.tree.map(np.array_equal, jax.device_get(again.params["backbone"]),
                               jax.device_get(run.params["backbone"]))
     assert all(jax.tree.leaves(chex_equal))
+
+
+def test_stopped_inside_the_learner_epochs_resumes_there_bitwise(finished, tmp_path):
+    run, results, _, _ = finished
+    # Task 0: boundaries 1-4 score, 5-8 MIST steps, 9-32 learner steps (8 epochs x 3 batches): the 13th is epoch 1, batch 2.
+    wd = tmp_path / "stopped"
+    with pytest.raises(interrupt.Interrupted, match=r"learner phase, epoch 1, batch 2"):
+        train.Run(_config(), wd, progress=False, stop=StopAt(13)).run()
+    again = train.Run(_config(), wd, progress=False)
+    assert again._in_task["record"]["position"] == {"phase": "learner", "epoch": 1, "batch": 2}
+    resumed = again.run()
+    assert resumed["acc_matrix"] == results["acc_matrix"]
+    for task in (0, 1):  # the losses of every epoch, the resumed one included, are the same
+        assert (resumed["tasks"][task]["learner_loss_per_epoch"]
+                == results["tasks"][task]["learner_loss_per_epoch"])
+    same = jax.tree.map(np.array_equal, jax.device_get(again.learner_state.params),
+                        jax.device_get(run.learner_state.params))
+    assert all(jax.tree.leaves(same))
+    same = jax.tree.map(np.array_equal, jax.device_get(again.params),
+                        jax.device_get(run.params))
+    assert all(jax.tree.leaves(same))
 
 
 def test_without_mist_the_backbone_stays_frozen(tmp_path):

@@ -53,6 +53,22 @@ def test_fisher_is_sum_of_squared_batch_gradients(setup):
     np.testing.assert_allclose(again["w"], got["w"], rtol=0)
 
 
+def test_a_pass_resumed_from_its_running_sum_is_bitwise_the_full_pass(setup):
+    params, batches = setup
+    seen = []
+    full = sensitivity.fisher_scores(linear_loss, params, batches,
+                                     on_batch=lambda acc: seen.append(jax.device_get(acc)))
+    assert len(seen) == 3
+    np.testing.assert_allclose(seen[0]["w"], analytic_grads(params, batches[0])["w"] ** 2,
+                               rtol=1e-5)
+    resumed = sensitivity.fisher_scores(linear_loss, params, batches[2:], init=seen[1])
+    for k in ("w", "b"):
+        np.testing.assert_array_equal(resumed[k], full[k])
+    # Everything already scored: the running sum is the result.
+    done = sensitivity.fisher_scores(linear_loss, params, [], init=seen[2])
+    np.testing.assert_array_equal(done["w"], full["w"])
+
+
 def test_gradient_scores_is_sum_of_abs_batch_gradients(setup):
     params, batches = setup
     got = sensitivity.gradient_scores(linear_loss, params, batches)

@@ -1,10 +1,11 @@
 """Train / test transforms (data/transforms.py) and the seeded batch stream (data/batches.py)."""
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-from mist_jax.data.batches import host_batches
+from mist_jax.data.batches import host_batches, with_keys
 from mist_jax.data.sources import ImageSet
 from mist_jax.data.transforms import (
     IMAGENET_MEAN, IMAGENET_STD, EvalTransform, ResizeCropTransform, TrainTransform,
@@ -135,6 +136,22 @@ def test_host_batches_shuffle_is_a_seeded_permutation():
     assert not np.array_equal(ids(0), ids(1))
     with pytest.raises(ValueError, match="both"):
         list(host_batches(s, idx, s.labels, 4, tr, (0, 1)))
+
+
+def test_host_batches_from_a_start_batch_are_the_tail_of_the_full_pass():
+    s = _image_set()
+    idx, tr = np.arange(10), train_transform(4)
+    full = list(host_batches(s, idx, s.labels, 3, tr, (5, 1), (5, 2)))
+    tail = list(host_batches(s, idx, s.labels, 3, tr, (5, 1), (5, 2), start=2))
+    assert len(full) == 4 and len(tail) == 2
+    for (n1, (x1, y1)), (n2, (x2, y2)) in zip(full[2:], tail):
+        assert n1 == n2
+        np.testing.assert_array_equal(x1, x2)  # same images, same augmentation draws
+        np.testing.assert_array_equal(y1, y2)
+    keyed = list(with_keys(iter(tail), jax.random.key(3), start=2))
+    for b, (_, out) in zip((2, 3), keyed):
+        np.testing.assert_array_equal(jax.random.key_data(out[-1]),
+                                      jax.random.key_data(jax.random.fold_in(jax.random.key(3), b)))
 
 
 # --------------------------------------------------------------------------- Cars-196 pipeline

@@ -22,7 +22,8 @@ Rows = Callable[[int], slice]
 def host_batches(images, idx: np.ndarray, labels: np.ndarray, batch: int, transform,
                  order_seq: tuple[int, ...] | None = None,
                  transform_seq: tuple[int, ...] | None = None,
-                 local_rows: Rows = lambda n: slice(0, n)) -> Iterator[tuple[int, tuple]]:
+                 local_rows: Rows = lambda n: slice(0, n), start: int = 0
+                 ) -> Iterator[tuple[int, tuple]]:
     """``(global batch size, (images float32[b, S, S, 3], labels int32[b]))`` per batch, with b
     this process's rows of the global batch.
 
@@ -35,6 +36,8 @@ def host_batches(images, idx: np.ndarray, labels: np.ndarray, batch: int, transf
         called once per batch with ``rng=None``, i.e. a deterministic test transform).
       local_rows: ``global size -> slice`` of the rows this process loads
         (``MeshContext.local_rows``).
+      start: skip the first ``start`` batches without loading them (resuming inside an epoch:
+        the remaining batches are those of the full pass, bit for bit).
 
     Raises:
       ValueError: batch < 1, or only one of the two seed sequences.
@@ -46,9 +49,9 @@ def host_batches(images, idx: np.ndarray, labels: np.ndarray, batch: int, transf
     shuffle = order_seq is not None
     order = (np.random.default_rng(order_seq).permutation(len(idx)) if shuffle
              else np.arange(len(idx)))
-    for start in range(0, len(idx), batch):
-        n = min(batch, len(idx) - start)
-        pos = np.arange(start, start + n)[local_rows(n)]
+    for first in range(start * batch, len(idx), batch):
+        n = min(batch, len(idx) - first)
+        pos = np.arange(first, first + n)[local_rows(n)]
         sel = order[pos]
         picked = images.take(idx[sel])
         if shuffle:
@@ -59,7 +62,9 @@ def host_batches(images, idx: np.ndarray, labels: np.ndarray, batch: int, transf
         yield n, (x, np.asarray(labels)[sel].astype(np.int32))
 
 
-def with_keys(batches: Iterator[tuple[int, tuple]], key: Any) -> Iterator[tuple[int, tuple]]:
-    """Append ``jax.random.fold_in(key, b)`` to batch b (the views' randomness of MIST)."""
-    for b, (n, out) in enumerate(batches):
+def with_keys(batches: Iterator[tuple[int, tuple]], key: Any, start: int = 0
+              ) -> Iterator[tuple[int, tuple]]:
+    """Append ``jax.random.fold_in(key, b)`` to batch b (the views' randomness of MIST);
+    ``start``: the index of the first batch given (``host_batches(start=...)``)."""
+    for b, (n, out) in enumerate(batches, start=start):
         yield n, out + (jax.random.fold_in(key, b),)

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mist_jax import trees
 from mist_jax.learners.base import Learner
 
 PyTree = Any
@@ -76,8 +77,9 @@ class ImageLearner(Learner):
 
 
 def fit_on_images(learner: ImageLearner, state, backbone: PyTree,
-                  epoch_batches: Callable[[int], Iterable], task_range: tuple[int, int]
-                  ) -> tuple[Any, list[float]]:
+                  epoch_batches: Callable[[int, int], Iterable], task_range: tuple[int, int],
+                  at_boundary: Callable[[dict, Callable[[], dict]], None] | None = None,
+                  resume: dict | None = None) -> tuple[Any, list[float]]:
     """Train ``state.params`` on one task: ``learner.epochs`` epochs of ``learner.optimizer()``
     steps on ``learner.loss`` (backbone frozen; a fresh optimizer state per task).
 
@@ -85,23 +87,43 @@ def fit_on_images(learner: ImageLearner, state, backbone: PyTree,
       learner: the image learner.
       state: its state (``state.params`` is trained).
       backbone: the ViT params (not modified).
-      epoch_batches: ``epoch -> iterable of (images, labels)`` device batches.
+      epoch_batches: ``(epoch, start) -> iterable of (images, labels)`` device batches of the
+        epoch from batch ``start`` on.
       task_range: (start, end) of the task's classes.
+      at_boundary: optional ``mist.Boundary`` called after each step with ``{"phase":
+        "learner", "epoch": e, "batch": b}`` and a function returning the loop's state.
+      resume: such a state (restored from an in-task checkpoint): continue from there bitwise.
     Returns:
       ``(learner.end_task(new state, task_range), mean loss per epoch)``.
     Raises:
       ValueError: a NaN/inf loss.
     """
     tx, step = _compiled(learner)
-    params, opt_state = state.params, tx.init(state.params)
+    # A private copy: the step donates its params, and ``state`` (read by in-task checkpoints)
+    # keeps its own.
+    params = jax.tree.map(jnp.array, state.params)
+    opt_state = tx.init(params)
     bounds = jnp.asarray(task_range, jnp.int32)
-    losses = []
-    for epoch in range(learner.epochs):
-        epoch_losses = []
-        for images, labels in epoch_batches(epoch):
+    losses, epoch0, batch0, epoch_losses = [], 0, 0, []
+    if resume is not None:
+        params = jax.tree.map(jnp.asarray, trees.from_leaf_dict(params, resume["params"]))
+        opt_state = jax.tree.map(jnp.asarray, trees.from_leaf_dict(opt_state, resume["opt_state"]))
+        losses = [float(x) for x in np.asarray(resume["losses"]).reshape(-1)]
+        epoch_losses = list(np.asarray(resume["epoch_losses"]).reshape(-1))
+        epoch0, batch0 = int(resume["epoch"]), int(resume["batch"])
+    for epoch in range(epoch0, learner.epochs):
+        start = batch0 if epoch == epoch0 else 0
+        epoch_losses = epoch_losses if epoch == epoch0 else []
+        for b, (images, labels) in enumerate(epoch_batches(epoch, start), start=start + 1):
             params, opt_state, loss = step(params, opt_state, state, backbone, images, labels,
                                            bounds)
             epoch_losses.append(loss)
+            if at_boundary is not None:
+                at_boundary({"phase": "learner", "epoch": epoch, "batch": b}, lambda: {
+                    "params": trees.leaf_dict(params), "opt_state": trees.leaf_dict(opt_state),
+                    "losses": np.asarray(losses, np.float64).reshape(-1),
+                    "epoch_losses": np.asarray(jax.device_get(epoch_losses), np.float32),
+                    "epoch": epoch, "batch": b})
         mean = float(np.mean(jax.device_get(epoch_losses))) if epoch_losses else 0.0
         if not np.isfinite(mean):
             raise ValueError(f"learner {learner.name!r}: loss became {mean} in epoch {epoch}; "

@@ -1,0 +1,101 @@
+"""In-task checkpoints: a run stopped (or crashed) at a step boundary inside a task resumes
+there, not at the task's start, and ends bitwise equal to a run never stopped."""
+
+import json
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_train import smoke  # noqa: E402
+
+from mist_jax import interrupt, train  # noqa: E402
+from mist_jax.checkpoint import RunCheckpointer  # noqa: E402
+
+NEUTRAL = {"seconds", "images_per_second", "checkpoint_every_steps"}  # result-neutral: may differ from the reference
+
+
+class StopAt:
+    """A ``StopSignal`` stand-in: the stop is requested at the k-th boundary check (the runner
+    checks at every step boundary and after each task); ``crash=True`` raises instead, like a
+    process dying there without a checkpoint of its own."""
+
+    def __init__(self, k: int, crash: bool = False):
+        self.k, self.crash, self.calls = k, crash, 0
+
+    @property
+    def requested(self):
+        self.calls += 1
+        if self.calls >= self.k and self.crash:
+            raise RuntimeError("simulated crash")
+        return "SIGTERM" if self.calls >= self.k else None
+
+
+def _config():
+    # SimpleCIL with drift compensation: task 1 also carries the pre-tuning features.
+    return smoke(**{"learner.simplecil.drift_compensation": True, "mist.log_every": 1})
+
+
+def _strip(x):
+    if isinstance(x, dict):
+        return {k: _strip(v) for k, v in x.items() if k not in NEUTRAL}
+    if isinstance(x, list):
+        return [_strip(v) for v in x]
+    return x
+
+
+def _outcome(workdir: Path):
+    results = _strip(json.loads((workdir / "results.json").read_text()))
+    ckpt = RunCheckpointer(workdir / "checkpoints",
+                           json.loads((workdir / "config.json").read_text()))
+    state, _ = ckpt.restore()
+    ckpt.close()
+    events = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return results, jax.tree.leaves(state), [(e["event"], e["task"], e.get("step"))
+                                             for e in events]
+
+
+def test_stops_and_a_crash_inside_tasks_resume_there_bitwise(tmp_path):
+    train.Run(_config(), tmp_path / "ref", progress=False).run()
+    want = _outcome(tmp_path / "ref")
+    # Smoke task: 4 scoring batches (boundaries 1-4) and 4 MIST steps (5-8), then the check
+    # after the task. Each entry: (stop, where the next process must resume).
+    wd = tmp_path / "stopped"
+    cfg = _config()
+    with cfg.unlocked():
+        cfg.checkpoint_every_steps = 3  # result-neutral: same fingerprint as the reference
+    script = [
+        (StopAt(2), {"phase": "score", "epoch": 0, "batch": 2}),
+        (StopAt(4), {"phase": "tune", "epoch": 1, "batch": 2}),  # boundary 6
+        (StopAt(3), None),  # after task 0 (its task checkpoint; no in-task one left)
+        (StopAt(7, crash=True), {"phase": "tune", "epoch": 1, "batch": 2}),  # n=6 of task 1
+    ]
+    for stop, resume_at in script:
+        run = train.Run(cfg, wd, progress=False, stop=stop)
+        with pytest.raises((interrupt.Interrupted, RuntimeError)):
+            run.run()
+        again = train.Run(cfg, wd, progress=False)
+        got = again._in_task and again._in_task["record"]["position"]
+        assert got == resume_at
+        again.events.close()
+        again.ckpt.close()
+        again._lock.release()
+    train.Run(cfg, wd, progress=False).run()
+    results, arrays, events = _outcome(wd)
+    assert results == want[0]
+    assert len(arrays) == len(want[1])
+    assert all(np.array_equal(a, b) for a, b in zip(arrays, want[1]))
+    assert len(events) == len(set(events)), "an event was logged twice"
+    assert sorted(events) == sorted(want[2])
+    assert not any((wd / "checkpoints_in_task").iterdir())  # deleted after the last task
+
+
+def test_stop_message_names_the_task_and_phase(tmp_path):
+    run = train.Run(smoke(), tmp_path / "r", progress=False, stop=StopAt(6))
+    with pytest.raises(interrupt.Interrupted,
+                       match=r"during task 0 \(tune phase, epoch 1, batch 2\) after an in-task "
+                             r"checkpoint\. Re-run the same command to resume"):
+        run.run()
