@@ -12,7 +12,6 @@ resumes from the last finished task.
 from __future__ import annotations
 
 import logging as pylogging
-import signal
 import sys
 from pathlib import Path
 
@@ -22,11 +21,19 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (created; resumed if it exists).")
+_TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the full traceback of a bad-input "
+                                "error (a bad config value, a missing dataset, a corrupt "
+                                "checkpoint) instead of its one-line message.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def run_all(config, workdir: str | Path) -> dict[str, dict]:
-    """Run the experiment (and its baseline) and return ``{run name: results}``."""
+def run_all(config, workdir: str | Path, stop=None) -> dict[str, dict]:
+    """Run the experiment (and its baseline) and return ``{run name: results}``.
+
+    ``stop``: an ``interrupt.StopSignal`` the runs honour at step boundaries.
+    Raises: ``interrupt.Interrupted`` when stopped (after a checkpoint; the message says how
+    to resume).
+    """
     from mist_jax import learners, outputs, sharding, train
     from mist_jax.lock import WorkdirLock
 
@@ -41,13 +48,14 @@ def run_all(config, workdir: str | Path) -> dict[str, dict]:
             base.mist.enabled = False
         runs.append(("baseline", base))
     if not sharding.is_writer():  # only process 0 writes (multi-host runs)
-        return {name: _run(train.Run(cfg, workdir / name), name) for name, cfg in runs}
+        return {name: _run(train.Run(cfg, workdir / name, stop=stop), name)
+                for name, cfg in runs}
     lock = WorkdirLock(workdir)  # the whole folder: both runs, summary.txt, the plot
     try:
         results = {}
         for name, cfg in runs:
             logging.info("Run %r into %s", name, workdir / name)
-            results[name] = _run(train.Run(cfg, workdir / name), name)
+            results[name] = _run(train.Run(cfg, workdir / name, stop=stop), name)
         if len(results) > 1:
             outputs.plot_accuracy_curves({n: r["top1_curve"] for n, r in results.items()},
                                          workdir / "accuracy_curve.png")
@@ -59,12 +67,11 @@ def run_all(config, workdir: str | Path) -> dict[str, dict]:
     return results
 
 
-class Interrupted(Exception):
-    """SIGINT / SIGTERM stopped a run; the message says what is saved and how to resume."""
-
-
 def _run(run, name: str) -> dict:
-    """``run.run()``, turning an interrupt into ``Interrupted`` naming the saved tasks."""
+    """``run.run()``, turning a KeyboardInterrupt (a second signal: no in-task checkpoint)
+    into ``Interrupted`` naming the saved tasks."""
+    from mist_jax.interrupt import Interrupted
+
     try:
         return run.run()
     except KeyboardInterrupt:
@@ -88,18 +95,24 @@ def main(argv):
     logging.get_absl_handler().addFilter(_QuietLibraries())
     from mist_jax import sharding
 
+    from mist_jax.interrupt import Interrupted, StopSignal
+    from mist_jax.lock import WorkdirInUse
+
     sharding.initialize_distributed()  # no-op unless the environment asks for multi-host
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # preemption / kill: same as Ctrl-C
+    stop = StopSignal().install()  # SIGINT / SIGTERM: stop at the next step boundary
     try:
-        run_all(_CONFIG.value, _WORKDIR.value)
+        run_all(_CONFIG.value, _WORKDIR.value, stop=stop)
     except Interrupted as e:
         logging.error("%s", e)
         sys.exit(130)
-
-
-def _raise_interrupt(signum, frame):
-    del signum, frame
-    raise KeyboardInterrupt
+    except (ValueError, FileNotFoundError, WorkdirInUse) as e:
+        if _TRACEBACK.value:
+            raise
+        # Bad input: the message names the problem and the fix; library frames add nothing.
+        logging.error("%s: %s  (--traceback shows where it was raised)", type(e).__name__, e)
+        sys.exit(1)
+    finally:
+        stop.uninstall()
 
 
 if __name__ == "__main__":

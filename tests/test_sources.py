@@ -6,6 +6,7 @@ Nothing here touches the network: every download entry point of TFDS is patched 
 import gzip
 import io
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -230,6 +231,21 @@ def test_dataset_without_random_access_format_names_the_rebuild(tmp_path):
     info = tmp_path / "mist_test_only_toy/1.0.0/dataset_info.json"
     info.write_text(info.read_text().replace('"array_record"', '"tfrecord"'))  # as `tfds build`
     with pytest.raises(ValueError, match="--file_format=array_record"):
+        load_dataset("mist_test_only_toy", "test", data_dir=tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["shard", "info"])
+def test_damaged_tfds_set_names_the_folder_to_delete(tmp_path, damage):
+    MistTestOnlyToy(data_dir=tmp_path, file_format="array_record").download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    folder = tmp_path / "mist_test_only_toy/1.0.0"
+    if damage == "shard":
+        shard = next(folder.glob("*.array_record*"))
+        shard.write_bytes(shard.read_bytes()[:40] + b"garbage" * 10)
+    else:
+        (folder / "dataset_info.json").write_text("{ not json")
+    with pytest.raises(ValueError, match=r"cannot be read .*damaged or incomplete\. Delete "
+                                         + re.escape(str(tmp_path / "mist_test_only_toy"))):
         load_dataset("mist_test_only_toy", "test", data_dir=tmp_path)
 
 

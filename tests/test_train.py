@@ -105,6 +105,14 @@ def test_cli_runs_and_rejects_misspelt_keys(tmp_path):
     bad = subprocess.run(cmd + ["--config.mist.selct_rate=0.05"], cwd=ROOT, env=env,
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "selct_rate" in bad.stderr
+    # A bad value: one line naming key, value and fix; no traceback unless asked for.
+    bad = subprocess.run(cmd + ["--config.mist.drop_rate=1.0"], cwd=ROOT, env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "mist.drop_rate=1.0" in bad.stderr
+    assert "Traceback" not in bad.stderr and "--traceback" in bad.stderr
+    bad = subprocess.run(cmd + ["--config.mist.drop_rate=1.0", "--traceback"], cwd=ROOT,
+                         env=env, capture_output=True, text=True)
+    assert bad.returncode == 1 and "Traceback" in bad.stderr
     ok = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "average_accuracy" in ok.stdout and "baseline" in ok.stdout
@@ -136,7 +144,8 @@ def test_mist_on_first_task_only_matches_all_tasks_on_task_0(tmp_path):
     ("mist.selector", "fishr", "mist.selector='fishr'"), ("mist.select_rate", 0.0, "select_rate"),
     ("model.dtype", "float99", "model.dtype='float99'"), ("data.image_size", 0, "image_size=0"),
     ("mist.optimizer", "adamww", "adamww"), ("learner.name", "nope", "learner.name='nope'"),
-    ("mesh.rules", ((r"(", "fsdp"),), "mesh.rules")])
+    ("mesh.rules", ((r"(", "fsdp"),), "mesh.rules"),
+    ("checkpoint_every_steps", -1, "checkpoint_every_steps=-1")])
 def test_every_bad_value_is_named_before_any_work(tmp_path, key, value, needle):
     with pytest.raises(ValueError, match=re.escape(needle)):
         train.Run(smoke(**{key: value}), tmp_path / "w", progress=False)
@@ -229,20 +238,31 @@ def test_sigterm_stops_with_one_line_and_the_same_command_resumes(tmp_path):
 
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     cmd = [sys.executable, "-m", "mist_jax.main", "--config", "configs/default.py:smoke",
-           "--config.compare_baseline=False", "--workdir", str(tmp_path / "cli")]
+           "--config.compare_baseline=False", "--config.mist.log_every=1",
+           "--workdir", str(tmp_path / "cli")]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     results = tmp_path / "cli" / "mist" / "results.json"
-    ckpt = tmp_path / "cli" / "mist" / "checkpoints" / "0"
+    events = tmp_path / "cli" / "mist" / "metrics.jsonl"
     deadline = time.time() + 300
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
+    # The first MIST step of task 0 is logged: the signal lands in task 0, before the last task.
+    while (not events.exists() or '"mist_step"' not in events.read_text()) \
+            and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
-    if results.exists():  # the run was faster than the signal: nothing to check
-        pytest.skip("the smoke run ended before SIGTERM arrived")
+    assert not results.exists()
     assert proc.returncode == 130, err[-2000:]
     assert "Re-run the same command to resume" in err and "Traceback" not in err
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "Resumed" in again.stderr and results.is_file()
+    # A corrupt newest checkpoint: one line naming its folder, no library traceback.
+    newest = tmp_path / "cli" / "mist" / "checkpoints" / "1"
+    for f in (newest / "state").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    broken = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert broken.returncode == 1 and "Traceback" not in broken.stderr
+    lines = [l for l in broken.stderr.splitlines() if "is unreadable" in l]
+    assert len(lines) == 1 and str(newest) in lines[0] and "move the folder away" in lines[0]

@@ -25,6 +25,7 @@ Data dir: ``data_dir`` argument, else ``$MIST_JAX_DATA``, else the TFDS default
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Sequence
@@ -69,15 +70,17 @@ class LazyImages(Sequence):
 class _TfdsImages(LazyImages):
     """Images of a TFDS data source, restricted to `rows` (record ids)."""
 
-    def __init__(self, source, rows: np.ndarray, key: str):
+    def __init__(self, source, rows: np.ndarray, key: str, name: str, folder: str):
         self._source, self._rows, self._key = source, np.asarray(rows, np.int64), key
+        self._name, self._folder = name, folder
 
     def __len__(self) -> int:
         return int(self._rows.size)
 
     def _load(self, indices):
-        records = self._source.__getitems__([int(r) for r in self._rows[indices]])
-        return [np.asarray(r[self._key], np.uint8) for r in records]
+        with _reading(self._name, self._folder):
+            records = self._source.__getitems__([int(r) for r in self._rows[indices]])
+            return [np.asarray(r[self._key], np.uint8) for r in records]
 
 
 class _FileImages(LazyImages):
@@ -177,7 +180,8 @@ def load_dataset(name: str, split: str, *, data_dir: str | os.PathLike | None = 
 
     Raises:
       ValueError: bad split, unknown TFDS name, manual_dir for another dataset, a TFDS set
-        stored in a format without random access.
+        stored in a format without random access, or one whose files cannot be read (names
+        the folder to delete and rebuild; also raised by a lazy set's later reads).
       FileNotFoundError: the dataset is not on disk; the message says where it was looked for
         and how to provide it. Never downloads.
     """
@@ -212,6 +216,23 @@ def _missing_message(name: str, data_dir: str, where: str) -> str:
         f"<root>/test/<class>/*.jpg.{cars}")
 
 
+def _damaged(name: str, folder: str, e: Exception) -> ValueError:
+    return ValueError(
+        f"Dataset {name!r} in {folder} cannot be read ({type(e).__name__}: {e}); its files are "
+        f"damaged or incomplete. Delete {folder} and prepare it again (`tfds build {name} "
+        "--file_format=array_record`, then copy it there).")
+
+
+@contextlib.contextmanager
+def _reading(name: str, folder: str):
+    """Turn any failure to read a prepared TFDS set (a damaged or truncated shard, a corrupt
+    ``dataset_info.json``) into a ValueError naming the folder to delete and rebuild."""
+    try:
+        yield
+    except Exception as e:  # pylint: disable=broad-except; TFDS/array_record raise many kinds
+        raise _damaged(name, folder, e) from e
+
+
 def _prepared_tfds_builder(name: str, data_dir: str):
     try:
         builder = tfds.builder(name, data_dir=data_dir)
@@ -219,7 +240,11 @@ def _prepared_tfds_builder(name: str, data_dir: str):
         raise ValueError(
             f"Unknown dataset {name!r}: not a TFDS name, not one of the embedded sets "
             f"{sorted(EMBEDDED)}, and not 'folder:<root>'.") from e
-    if not builder.is_prepared():
+    except Exception as e:  # pylint: disable=broad-except; e.g. a corrupt dataset_info.json
+        raise _damaged(name, os.path.join(data_dir, name), e) from e
+    with _reading(name, os.fspath(builder.data_dir)):
+        prepared = builder.is_prepared()
+    if not prepared:
         raise FileNotFoundError(_missing_message(name, data_dir, os.fspath(builder.data_dir)))
     formats = builder.info.available_file_formats()
     if not formats & tfds.core.file_adapters.FileFormat.with_random_access():
@@ -244,7 +269,9 @@ def _load_tfds(builder, name: str, split: str, split_seed: int,
     else:
         raise ValueError(f"Dataset {name!r} has splits {splits}; expected 'train' and 'test', "
                          "or a single split to cut 80/20.")
-    source = builder.as_data_source(source_split)
+    folder = os.fspath(builder.data_dir)
+    with _reading(name, folder):
+        source = builder.as_data_source(source_split)
     image_feature = builder.info.features[image_key]
     shape = tuple(image_feature.shape)
     fixed = None not in shape
@@ -253,17 +280,18 @@ def _load_tfds(builder, name: str, split: str, split_seed: int,
     if materialize is None:
         size = len(source) * int(np.prod(shape)) if fixed else MATERIALIZE_MAX_BYTES + 1
         materialize = size <= MATERIALIZE_MAX_BYTES
-    if materialize:
-        records = list(_iterate(source))
-        labels = np.asarray([r[label_key] for r in records], np.int64)
-        images = np.zeros((len(records), *shape), np.uint8)
-        for i, r in enumerate(records):
-            images[i] = r[image_key]
-    else:
-        label_source = builder.as_data_source(
-            source_split, decoders={image_key: tfds.decode.SkipDecoding()})
-        labels = np.asarray([r[label_key] for r in _iterate(label_source)], np.int64)
-        images = None
+    with _reading(name, folder):
+        if materialize:
+            records = list(_iterate(source))
+            labels = np.asarray([r[label_key] for r in records], np.int64)
+            images = np.zeros((len(records), *shape), np.uint8)
+            for i, r in enumerate(records):
+                images[i] = r[image_key]
+        else:
+            label_source = builder.as_data_source(
+                source_split, decoders={image_key: tfds.decode.SkipDecoding()})
+            labels = np.asarray([r[label_key] for r in _iterate(label_source)], np.int64)
+            images = None
     rows = np.arange(labels.size)
     if single:
         present = np.unique(labels)  # e.g. the 200 ImageNet ids of ImageNet-R/A
@@ -274,7 +302,7 @@ def _load_tfds(builder, name: str, split: str, split_seed: int,
     if images is not None:
         images = images[rows]
     else:
-        images = _TfdsImages(source, rows, image_key)
+        images = _TfdsImages(source, rows, image_key, name, folder)
     return ImageSet(images, labels, len(names), names, name)
 
 
