@@ -7,8 +7,9 @@ initialised with 1 device); the worker is this file run as a script.
 
 Tolerances of the equivalence test (the same seed on every mesh): scores allclose rtol 1e-4
 (float32 gradients summed in another order), masks / counts / frozen flags identical, MI loss
-per epoch allclose rtol 1e-5, tuned parameters allclose atol 1e-6, accuracies identical (every
-prediction is an argmax over features equal to ~1e-6).
+per epoch allclose rtol 1e-5, tuned parameters allclose atol 1e-6 (with a learning rate that moves
+them by more than 1e-3), accuracies identical (every prediction is an argmax over features equal
+to ~1e-6).
 """
 
 import json
@@ -56,14 +57,17 @@ def _worker(out_dir: str) -> None:
             cfg.data.train_per_class = 8  # 40 images per task: 5 full batches of 8
             cfg.mesh.data, cfg.mesh.fsdp = data, fsdp
             cfg.mesh.fsdp_min_size = 1  # shard every leaf of the tiny ViT that divides
+            # A learning rate that moves the selected weights far beyond the 1e-6 tolerance.
+            cfg.mist.learning_rate = 1e-2
         recorded.clear()
         t0 = time.perf_counter()
         run = train.Run(cfg, Path(out_dir) / name.replace(" ", "_"), progress=False)
+        init = jax.device_get(run.params)
         res = run.run()
         flat = lambda tree: {trees.path_str(p): np.asarray(x)
                              for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
         arrays = {}
-        for kind, tree in (("params", run.params), ("count", run.mist_state.count),
+        for kind, tree in (("params", run.params), ("init", init), ("count", run.mist_state.count),
                            ("frozen", run.mist_state.frozen),
                            *((f"scores{t}", s) for t, s in enumerate(recorded["scores"])),
                            *((f"mask{t}", m) for t, m in enumerate(recorded["mask"]))):
@@ -258,6 +262,14 @@ def mesh_runs(tmp_path_factory):
     return runs
 
 
+def test_mist_moved_the_backbone_far_beyond_the_mesh_tolerance(mesh_runs):
+    for name, run in mesh_runs.items():
+        a = run["arrays"]
+        moved = max(np.abs(a[k] - a["init:" + k.split(":", 1)[1]]).max()
+                    for k in a if k.startswith("params:backbone/"))
+        assert moved > 1e-3, (name, moved)  # 1000x the 1e-6 the meshes are compared at
+
+
 def test_meshes_are_really_sharded(mesh_runs):
     specs = mesh_runs["4 data x 2 fsdp"]["specs"]
     assert specs["backbone/encoderblock_0/mlp/fc1/kernel"] == "P(None, 'fsdp')"
@@ -279,7 +291,7 @@ def test_same_seed_same_scores_masks_losses_and_accuracy_on_every_mesh(mesh_runs
             kind = k.split(":")[0]
             if kind.startswith("scores"):
                 np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-12, err_msg=f"{name} {k}")
-            elif kind == "params":
+            elif kind in ("params", "init"):
                 np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-6, err_msg=f"{name} {k}")
             else:  # mask{t}, count, frozen: discrete, must be identical
                 np.testing.assert_array_equal(b[k], a[k], err_msg=f"{name} {k}")
