@@ -1,0 +1,85 @@
+r"""Command line: ``python -m mist_jax.study --config configs/studies/<name>.py --workdir DIR``.
+
+Runs every cell of the study that has not finished (each an ordinary, resumable run in
+``DIR/<variant>/seed<s>_order<o>``; a failing cell is reported and the others go on), then
+aggregates the finished ones into ``DIR/study.{md,csv,json}`` and two plots, and prints the
+table. Re-running the same command after a kill finishes only the missing cells.
+
+  --list        print the cells (index, variant, seed, class order, finished?) and exit
+  --cell K      run cell K only (a cluster array job: one task per cell, e.g. SLURM
+                ``--array=0-N`` with ``--cell $SLURM_ARRAY_TASK_ID``), no aggregation
+  --aggregate   only aggregate the cells finished so far
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Study config (configs/studies/*.py).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Study folder (created; resumed if it exists).")
+_LIST = flags.DEFINE_bool("list", False, "Print the cells and exit.")
+_CELL = flags.DEFINE_integer("cell", None, "Run only this cell (see --list).")
+_AGGREGATE = flags.DEFINE_bool("aggregate", False, "Only aggregate the finished cells.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def run_cells(study, workdir: str, only: int | None = None, progress: bool = False
+              ) -> list[tuple[str, str]]:
+    """Run the unfinished cells (or cell ``only``); returns ``[(cell name, error)]`` of the
+    cells that failed. Raises ValueError for a bad study or cell index."""
+    from mist_jax import study as st
+    from mist_jax import train
+
+    st.check_study(study)
+    todo = st.cells(study)
+    if only is not None:
+        if not 0 <= only < len(todo):
+            raise ValueError(f"--cell {only}: the study has cells 0..{len(todo) - 1}.")
+        todo = [todo[only]]
+    failed = []
+    for cell in todo:
+        if st.is_finished(workdir, cell):
+            logging.info("cell %d %s: finished, skipped", cell.index, cell.name)
+            continue
+        logging.info("cell %d %s: running", cell.index, cell.name)
+        try:
+            cfg = st.run_config(study, cell.variant, cell.seed, cell.order)
+            train.Run(cfg, st.cell_dir(workdir, cell), progress=progress).run()
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # pylint: disable=broad-except; report it, go on with the rest
+            logging.error("cell %d %s failed: %s", cell.index, cell.name,
+                          traceback.format_exc(limit=3))
+            failed.append((cell.name, f"{type(e).__name__}: {e}"))
+    return failed
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    from mist_jax import study as st
+    from mist_jax.study import report
+
+    study, workdir = _CONFIG.value, _WORKDIR.value
+    st.check_study(study)
+    if _LIST.value:
+        for c in st.cells(study):
+            done = "finished" if st.is_finished(workdir, c) else "-"
+            print(f"{c.index}\t{c.variant}\tseed={c.seed}\torder={c.order}\t{done}")
+        return
+    failed = [] if _AGGREGATE.value else run_cells(study, workdir, _CELL.value)
+    if _CELL.value is None:
+        print(report.markdown(report.aggregate(study, workdir)))
+    for name, error in failed:
+        logging.error("failed cell %s: %s", name, error)
+    if failed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main)

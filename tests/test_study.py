@@ -1,0 +1,157 @@
+"""Studies (mist_jax/study): the grid, the statistics against hand-computed values, and the
+smoke study end to end (resume skips finished cells, --list / --cell / --aggregate)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+import pytest
+
+from mist_jax import study as st
+from mist_jax.study import report, stats
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = "configs/studies/smoke.py"
+
+
+def _load(path):
+    from ml_collections import config_flags  # noqa: F401  (the same loader as the CLI)
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("study_cfg", ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+# ------------------------------------------------------------------ statistics, by hand
+def test_summary_matches_the_hand_computed_t_interval():
+    s = stats.summary([1.0, 2.0, 3.0, 4.0])
+    # mean 2.5; std = sqrt(5/3) = 1.2910; t_{0.975, 3} = 3.1824 (printed t tables);
+    # half width = 3.1824 * 1.2910 / 2 = 2.0543.
+    assert s["n"] == 4 and s["mean"] == 2.5
+    assert s["std"] == pytest.approx(1.290994, abs=1e-6)
+    assert s["low"] == pytest.approx(0.4457, abs=1e-3)
+    assert s["high"] == pytest.approx(4.5543, abs=1e-3)
+    one = stats.summary([7.0])
+    assert one["mean"] == 7.0 and math.isnan(one["std"]) and math.isnan(one["low"])
+
+
+def test_paired_tests_on_a_small_fixed_table():
+    d = stats.paired([1.0, 2.0, 3.0, 4.0, 10.0])
+    # mean 4, std sqrt(50/4) = 3.5355, t = 4 / (3.5355 / sqrt 5) = 2.5298 with 4 dof: between
+    # t_{0.95} = 2.132 and t_{0.975} = 2.776, so the two-sided p is between 0.05 and 0.10.
+    assert d["mean"] == 4.0 and d["std"] == pytest.approx(math.sqrt(12.5))
+    assert 0.05 < d["t_p"] < 0.10
+    # Wilcoxon, exact: all 5 differences positive, the most extreme of 2^5 sign patterns:
+    # two-sided p = 2 / 32.
+    assert d["wilcoxon_p"] == pytest.approx(2 / 32)
+    same = stats.paired([0.0, 0.0, 0.0])
+    assert same["mean"] == 0 and math.isnan(same["t_p"]) and math.isnan(same["wilcoxon_p"])
+
+
+def test_differences_pair_by_seed_and_order():
+    rows = [{"variant": v, "seed": s, "order": o, "m": x} for v, s, o, x in [
+        ("a", 0, 1993, 10.0), ("b", 0, 1993, 7.0), ("a", 1, 1, 20.0), ("b", 1, 1, 18.0),
+        ("a", 2, 2, 30.0),  # no partner in b: left out
+        ("b", 3, 3, 1.0)]]
+    d = stats.differences(rows, "a", "b", metrics=("m",))
+    assert d["pairs"] == 2 and d["m"]["mean"] == pytest.approx(2.5)  # (3 + 2) / 2
+    with pytest.raises(ValueError, match="share no finished"):
+        stats.differences(rows, "a", "c", metrics=("m",))
+
+
+# ------------------------------------------------------------------ the grid
+def test_cells_and_run_configs_of_the_smoke_study():
+    study = _load(SMOKE)
+    cells = st.cells(study)
+    assert [(c.index, c.variant, c.seed, c.order) for c in cells] == [
+        (0, "simplecil", 0, 1993), (1, "simplecil", 1, 1),
+        (2, "simplecil_mist", 0, 1993), (3, "simplecil_mist", 1, 1)]
+    cfg = st.run_config(study, "simplecil", 1, 1)
+    assert cfg.mist.enabled is False and cfg.seed == 1 and cfg.data.class_order_seed == 1
+    assert cfg.compare_baseline is False and cfg.model.source == "tiny"
+    assert st.run_config(study, "simplecil_mist", 0, 1993).mist.enabled is True
+    assert st.parse_overrides("learner.name=ranpac,mist.select_rate=0.05") == {
+        "learner.name": "ranpac", "mist.select_rate": 0.05}
+
+
+def test_bad_study_configs_are_named():
+    study = _load(SMOKE)
+    with study.unlocked():
+        study.variants["typo"] = "mist.selct_rate=0.5"
+        study.compare = (("nope", "simplecil"),)
+        study.repeats = ((0, 1), (0, 1))
+    with pytest.raises(ValueError) as e:
+        st.check_study(study)
+    msg = str(e.value)
+    assert "mist.selct_rate is not a key" in msg and "'nope'" in msg and "twice" in msg
+
+
+def test_a_failing_cell_is_reported_and_the_others_go_on(tmp_path):
+    from mist_jax.study.__main__ import run_cells
+
+    study = _load(SMOKE)
+    with study.unlocked():
+        study.variants = ml_collections.ConfigDict({
+            "a_broken": f"data.name='folder:{tmp_path / 'nowhere'}'",
+            "b_broken": "data.name='no_such_dataset'"})
+        study.repeats = ((0, 1993),)
+        study.compare = ()
+    failed = run_cells(study, str(tmp_path / "s"))
+    assert [name for name, _ in failed] == ["a_broken/seed0_order1993", "b_broken/seed0_order1993"]
+    assert "FileNotFoundError" in failed[0][1] and "Unknown dataset" in failed[1][1]
+
+
+# ------------------------------------------------------------------ end to end
+@pytest.mark.slow
+def test_smoke_study_resumes_only_missing_cells_and_aggregates(tmp_path, caplog):
+    from mist_jax.study.__main__ import run_cells
+
+    study, wd = _load(SMOKE), tmp_path / "study"
+    assert run_cells(study, str(wd), only=2) == []  # a cluster task: one cell
+    assert [st.is_finished(wd, c) for c in st.cells(study)] == [False, False, True, False]
+    done = wd / "simplecil_mist/seed0_order1993/results.json"
+    mtime = done.stat().st_mtime_ns
+    with caplog.at_level("INFO"):
+        assert run_cells(study, str(wd)) == []  # re-run after "a kill": the missing cells
+    assert done.stat().st_mtime_ns == mtime  # the finished cell was not run again
+    assert "cell 2 simplecil_mist/seed0_order1993: finished, skipped" in caplog.text
+    assert all(st.is_finished(wd, c) for c in st.cells(study))
+    result = report.aggregate(study, wd)
+    rows = report.collect(study, wd)
+    assert result["finished"] == 4 and result["missing"] == []
+    # The table's numbers are the mean / std of the cells' own results.json values.
+    for variant in ("simplecil", "simplecil_mist"):
+        vals = [json.loads((wd / variant / n / "results.json").read_text())["average_accuracy"]
+                for n in ("seed0_order1993", "seed1_order1")]
+        got = result["variants"][variant]["average_accuracy"]
+        assert got["mean"] == pytest.approx(np.mean(vals))
+        assert got["std"] == pytest.approx(np.std(vals, ddof=1))
+    diff = result["differences"]["simplecil_mist - simplecil"]
+    assert diff["pairs"] == 2
+    by = {(r["variant"], r["seed"]): r["average_accuracy"] for r in rows}
+    assert diff["average_accuracy"]["mean"] == pytest.approx(np.mean(
+        [by[("simplecil_mist", s)] - by[("simplecil", s)] for s in (0, 1)]))
+    for name in ("study.csv", "study.md", "study.json", "study_curves.png",
+                 "study_differences.png"):
+        assert (wd / name).is_file() and (wd / name).stat().st_size > 0, name
+    assert "2 pairs" in (wd / "study.md").read_text()
+
+    # The CLI: --list shows every cell finished; --aggregate rewrites the same numbers.
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    base = [sys.executable, "-m", "mist_jax.study", "--config", SMOKE, "--workdir", str(wd)]
+    listed = subprocess.run(base + ["--list"], cwd=ROOT, env=env, capture_output=True,
+                            text=True)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert [l.split("\t")[-1] for l in listed.stdout.splitlines()] == ["finished"] * 4
+    before = json.loads((wd / "study.json").read_text())
+    again = subprocess.run(base + ["--aggregate"], cwd=ROOT, env=env, capture_output=True,
+                           text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((wd / "study.json").read_text()) == before
+    assert "simplecil_mist - simplecil" in again.stdout
