@@ -111,8 +111,7 @@ class RunCheckpointer:
         if step == self._in_task.latest_step():
             return  # stopped again where the run resumed: nothing new to write
         flat = flatten_dict(state, sep="/")
-        host = lambda x: x if isinstance(x, jax.Array) and not x.is_fully_replicated else np.asarray(x)
-        arrays = {k: host(v) for k, v in flat.items() if _is_array(v) and np.size(v)}
+        arrays = {k: to_host(v) for k, v in flat.items() if _is_array(v) and np.size(v)}
         empty = {k: [list(np.shape(v)), np.asarray(v).dtype.str] for k, v in flat.items()
                  if _is_array(v) and not np.size(v)}
         values = {k: v for k, v in flat.items() if not _is_array(v)}
@@ -208,6 +207,13 @@ class RunCheckpointer:
     def close(self) -> None:
         self._manager.close()
         self._in_task.close()
+
+
+def to_host(x: Any) -> Any:
+    """An array as a checkpoint stores it: replicated (or host) arrays as numpy, written by
+    process 0; FSDP-sharded jax arrays unchanged, written collectively (each process its
+    shards)."""
+    return x if isinstance(x, jax.Array) and not x.is_fully_replicated else np.asarray(x)
 
 
 def _is_array(x: Any) -> bool:

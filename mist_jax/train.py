@@ -34,7 +34,8 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from mist_jax import interrupt, learners, masks, metrics, mist, outputs, seeds, sharding, validate
+from mist_jax import (checkpoint, interrupt, learners, masks, metrics, mist, outputs, seeds,
+                      sharding, validate)
 from mist_jax.checkpoint import RunCheckpointer
 from mist_jax.data import batches, get_preprocess, sources, tasks, transforms
 from mist_jax.lock import WorkdirLock
@@ -147,10 +148,7 @@ class Run:
 
     # ----------------------------------------------------------------- persistence
     def _state_tree(self) -> dict:
-        # Replicated arrays (and the learner state, the same on every host) are saved as numpy
-        # by process 0; FSDP-sharded ones collectively, each process writing its shards.
-        host = lambda x: x if isinstance(x, jax.Array) and not x.is_fully_replicated else np.asarray(x)
-        return jax.tree_util.tree_map(host, {
+        return jax.tree_util.tree_map(checkpoint.to_host, {
             "params": self.params,
             "mist": {"count": self.mist_state.count, "frozen": self.mist_state.frozen},
             "learner": flax.serialization.to_state_dict(self.learner_state)})
