@@ -1,6 +1,7 @@
 """Studies (mist_jax/study): the grid, the statistics against hand-computed values, and the
 smoke study end to end (resume skips finished cells, --list / --cell / --aggregate)."""
 
+import importlib.util
 import json
 import math
 import os
@@ -19,13 +20,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = "configs/studies/smoke.py"
 
 
-def _load(path):
-    from ml_collections import config_flags  # noqa: F401  (the same loader as the CLI)
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("study_cfg", ROOT / path)
+def _module(path):
+    spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    return module
+
+
+def _load(path):
+    return _module(path).get_config()
 
 
 # ------------------------------------------------------------------ statistics, by hand
@@ -155,3 +158,14 @@ def test_smoke_study_resumes_only_missing_cells_and_aggregates(tmp_path, caplog)
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads((wd / "study.json").read_text()) == before
     assert "simplecil_mist - simplecil" in again.stdout
+
+
+@pytest.mark.parametrize("name", ["smoke", "embedded_main", "paper_imagenet_r"])
+def test_shipped_studies_load_check_and_document_their_command(name):
+    module = _module(f"configs/studies/{name}.py")
+    study = module.get_config()
+    st.check_study(study)
+    assert f"python -m mist_jax.study --config configs/studies/{name}.py" in module.__doc__
+    assert study.repeats[0][1] == 1993  # the authors' class order is the first repeat
+    for reference in {r for _, r in study.compare}:
+        assert st.run_config(study, reference, 0, 1993).mist.enabled is False

@@ -1,0 +1,41 @@
+r"""The paper's ImageNet-R table for a cluster: SimpleCIL and RanPAC, each with and without MIST,
+ViT-B/16 IN21k, 10 tasks, 3 repeats (12 cells). Not run here (no accelerator, no ImageNet-R).
+
+Each cell is ``configs/paper.py:dataset=imagenet_r,learner=...`` with ``mist.enabled`` on or
+off, run seed k and class order (1993, 1, 2)[k]; RanPAC cells take the RanPAC file's freeze
+rate. Needs the backbone file and ImageNet-R prepared as for the paper config. A SLURM array
+job runs one cell per task::
+
+  python -m mist_jax.study --config configs/studies/paper_imagenet_r.py --workdir runs/pr --list
+  #SBATCH --array=0-11
+  python -m mist_jax.study --config configs/studies/paper_imagenet_r.py --workdir runs/pr \
+      --cell $SLURM_ARRAY_TASK_ID
+  python -m mist_jax.study --config configs/studies/paper_imagenet_r.py --workdir runs/pr \
+      --aggregate
+
+Published single-run numbers (average / last accuracy): configs/paper.py's docstring.
+"""
+
+import importlib.util
+from pathlib import Path
+
+import ml_collections
+
+_PAPER = Path(__file__).resolve().parents[1] / "paper.py"
+
+
+def get_config() -> ml_collections.ConfigDict:
+    spec = importlib.util.spec_from_file_location("mist_jax_configs_paper", _PAPER)
+    paper = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paper)
+    c = ml_collections.ConfigDict()
+    c.base = paper.get_config("dataset=imagenet_r,learner=simplecil")
+    c.base.unlock()
+    ranpac = (f"learner.name=ranpac,mist.freeze_rate={paper.FREEZE_RATE['ranpac']},"
+              f"mist.batch_size={paper.BATCH_SIZE['ranpac']}")
+    c.variants = {"simplecil": "mist.enabled=False", "simplecil_mist": "",
+                  "ranpac": ranpac + ",mist.enabled=False", "ranpac_mist": ranpac}
+    c.repeats = ((0, 1993), (1, 1), (2, 2))
+    c.compare = (("simplecil_mist", "simplecil"), ("ranpac_mist", "ranpac"))
+    c.lock()
+    return c
