@@ -84,6 +84,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.mist.temperature = 0.07
     c.mist.proj_dim = 128
     c.mist.log_every = 5  # steps between updated_fraction measurements
+    # Folder of tuned backbones shared by runs that differ only in their learner ("" = off;
+    # studies set it): such runs tune once (checkpoint.TunedBackboneCache).
+    c.mist.cache_dir = ""
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # devices the batch is split over; -1 = all devices / fsdp

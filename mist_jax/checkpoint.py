@@ -27,7 +27,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 # Config keys that do not change results: changing them keeps a checkpoint valid.
 # The mesh only changes float rounding (tests/test_sharding.py), so a run may resume on another.
 _RESULT_NEUTRAL = ("compare_baseline", "mist.log_every", "learner.eval_batch_size", "mesh",
-                   "checkpoint_every_steps")
+                   "checkpoint_every_steps", "mist.cache_dir")
 #: Orbax step of in-task checkpoint n of task t: t * IN_TASK_STRIDE + n.
 IN_TASK_STRIDE = 10**9
 
@@ -207,6 +207,59 @@ class RunCheckpointer:
     def close(self) -> None:
         self._manager.close()
         self._in_task.close()
+
+
+class TunedBackboneCache:
+    """MIST's result on each task, shared by runs that differ only in their learner.
+
+    For a learner that does not tune the backbone itself, MIST's trajectory (scores, masks,
+    tuned params and projection head, the count / frozen bookkeeping) depends on the run config
+    without its ``learner`` block: every PRNG stream of MIST is keyed by seed and task
+    (``mist_jax/seeds.py``), never by the learner. So SimpleCIL+MIST and RanPAC+MIST of one
+    seed can tune once. Entries live in ``<directory>/<fingerprint>/<task>`` (orbax), the
+    fingerprint being ``config_fingerprint`` of the config without ``learner``; any other
+    difference (seed, class order, a MIST or data key) is another entry.
+
+    Args:
+      directory: the cache folder (``config.mist.cache_dir``; created if missing).
+      config: the run's config as a plain dict.
+    """
+
+    def __init__(self, directory: str | Path, config: dict):
+        keyed = {k: v for k, v in config.items() if k != "learner"}
+        self.fingerprint = config_fingerprint(keyed)
+        self._manager = ocp.CheckpointManager(
+            Path(directory).absolute() / self.fingerprint,
+            options=ocp.CheckpointManagerOptions(create=True),
+            item_handlers={"state": ocp.StandardCheckpointHandler(),
+                           "record": ocp.JsonCheckpointHandler()})
+        self._config = keyed
+
+    def load(self, task: int) -> tuple[dict, dict] | None:
+        """``(state, record)`` of ``task`` (state: nested dicts of numpy arrays as saved;
+        record: as given to ``save``), or None when no run has saved it.
+        Raises: ValueError naming the folder when the entry is unreadable."""
+        self._manager.reload()
+        if task not in self._manager.all_steps():
+            return None
+        record = RunCheckpointer._restore(self._manager, task, "record", ocp.args.JsonRestore)
+        state = RunCheckpointer._restore(self._manager, task, "state", lambda: (
+            ocp.args.StandardRestore(RunCheckpointer._numpy_target(self._manager, task))))
+        return state, record
+
+    def save(self, task: int, state: dict, record: dict) -> None:
+        """Store task ``task``'s tuned state (nested dicts of arrays) and its JSON ``record``
+        (MIST's task log, its step rows, its seconds); a no-op when another run stored it."""
+        self._manager.reload()
+        if task in self._manager.all_steps():
+            return
+        self._manager.save(task, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(jax.tree_util.tree_map(to_host, state)),
+            record=ocp.args.JsonSave(dict(record, config=self._config))))
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.close()
 
 
 def to_host(x: Any) -> Any:

@@ -22,6 +22,7 @@ results and logs, while every process takes part in the (collective) orbax check
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,10 @@ class Run:
             loss_fn = mist.make_loss_fn(self.model, self.preprocess, mist_cfg.objective,
                                         mist_cfg.temperature, out_dim)
             self.tuner = mist.Tuner(loss_fn, mist_cfg, self.params, self.mesh)
+        # MIST's per-task result, shared with runs that differ only in their learner.
+        self.mist_cache = None
+        if cfg.mist.get("cache_dir") and self.tuner is not None and not self.learner.tunes_backbone:
+            self.mist_cache = checkpoint.TunedBackboneCache(cfg.mist.cache_dir, cfg.to_dict())
         backbone_sh = self.mesh.shardings(self.params)["backbone"]
         rep = self.mesh.replicated
         self._features = jax.jit(
@@ -271,6 +276,8 @@ class Run:
         finally:
             self.events.close()
             self.ckpt.close()
+            if self.mist_cache is not None:
+                self.mist_cache.close()
             if self._lock is not None:
                 self._lock.release()
         if self.writer:
@@ -322,11 +329,14 @@ class Run:
         self.ckpt.clear_in_task()
         self._boundaries = 0
 
-    def _tuned_state(self) -> dict:
-        """The arrays MIST changed in this task (for an in-task checkpoint after tuning)."""
-        return {"params": self.params, "mist": {"count": self.mist_state.count,
-                                                "frozen": self.mist_state.frozen},
-                "learner": flax.serialization.to_state_dict(self.learner_state)}
+    def _tuned_state(self, with_learner: bool = True) -> dict:
+        """The arrays MIST changed in this task (for an in-task checkpoint after tuning, or,
+        without the learner's, for the tuned-backbone cache)."""
+        state = {"params": self.params, "mist": {"count": self.mist_state.count,
+                                                 "frozen": self.mist_state.frozen}}
+        if with_learner:
+            state["learner"] = flax.serialization.to_state_dict(self.learner_state)
+        return state
 
     def _restore_tuned(self, saved: dict) -> None:
         self.params = self.mesh.place(saved["params"])
@@ -343,7 +353,11 @@ class Run:
         ``run_state() -> (task log, MIST steps, arrays)``: the runner's part of an in-task
         checkpoint; ``resume``: the loop state of one (``mist.Tuner.adapt``).
         """
-        cfg = self.cfg
+        fresh = self.mist_cache is not None and resume is None  # a whole tuning pass
+        cached = self.mist_cache.load(t) if fresh else None
+        if cached is not None:
+            return self._reuse_tuned(t, *cached)
+        cfg, rows, t0 = self.cfg, [], time.perf_counter()
         epochs = self.tuning.epochs
         epoch_batches = lambda e, start: self._batches(
             self.data.train, idx, labels, self.tuning.batch_size, streams=("", t, e),
@@ -353,10 +367,25 @@ class Run:
             lambda pos, get: self._boundary(t, pos, get, run_state))
         self.params, self.mist_state, log = self.tuner.adapt(
             self.params, self.mist_state, epoch_batches, seeds.key(cfg.seed, "drop", t),
-            on_step=lambda row: self._on_step(t, row), at_boundary=at, resume=resume)
+            on_step=lambda row: (rows.append(_jsonable(row)), self._on_step(t, row)),
+            at_boundary=at, resume=resume)
         self._backbone_version += 1
         self.learner_state = self.learner.after_tuning(self.learner_state, self.params)
+        if fresh:
+            self.mist_cache.save(t, self._tuned_state(with_learner=False), {
+                "log": _jsonable(log), "rows": rows, "seconds": time.perf_counter() - t0})
         return log
+
+    def _reuse_tuned(self, t: int, state: dict, record: dict) -> dict:
+        """Take task t's MIST result from the cache (``checkpoint.TunedBackboneCache``):
+        params and bookkeeping, the learner's ``after_tuning``, the step events replayed; the
+        log gains ``mist_reused_seconds`` (the tuning time the run did not spend)."""
+        self._restore_tuned(dict(state, learner=flax.serialization.to_state_dict(
+            self.learner_state)))
+        self.learner_state = self.learner.after_tuning(self.learner_state, self.params)
+        for row in record["rows"]:
+            self._on_step(t, row)
+        return dict(record["log"], mist_reused_seconds=record["seconds"])
 
     def fit_learner(self, t: int, idx: np.ndarray, labels: np.ndarray, before=None,
                     run_state=None, resume: dict | None = None) -> dict:
@@ -422,3 +451,8 @@ class _NoLog:
 
     def close(self) -> None:
         pass
+
+
+def _jsonable(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (numpy scalars as floats, tuples as lists)."""
+    return json.loads(json.dumps(obj, default=float))

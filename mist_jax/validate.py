@@ -115,6 +115,8 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
          "an integer >= 1"),
         ("mist.log_every", mi.log_every, _int(mi.log_every) and mi.log_every >= 1,
          "an integer >= 1"),
+        ("mist.cache_dir", mi.get("cache_dir", ""), isinstance(mi.get("cache_dir", ""), str),
+         'a folder path, or "" for no cache'),
         ("learner.name", le.name, le.name in learners.LEARNERS,
          f"one of {sorted(learners.LEARNERS)} (or register your own)"),
         ("learner.eval_batch_size", le.eval_batch_size,

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -266,3 +267,35 @@ def test_sigterm_stops_with_one_line_and_the_same_command_resumes(tmp_path):
     assert broken.returncode == 1 and "Traceback" not in broken.stderr
     lines = [l for l in broken.stderr.splitlines() if "is unreadable" in l]
     assert len(lines) == 1 and str(newest) in lines[0] and "move the folder away" in lines[0]
+
+
+@pytest.mark.slow
+def test_runs_differing_only_in_learner_share_one_mist_result(tmp_path):
+    """RanPAC+MIST reusing SimpleCIL+MIST's tuned backbones (mist.cache_dir) gives what
+    RanPAC+MIST computes itself: same accuracies, same MIST logs and step events, same params."""
+    cache, every = str(tmp_path / "cache"), {"mist.log_every": 1}  # every step's event
+    train.Run(smoke(**every, **{"mist.cache_dir": cache}), tmp_path / "simplecil",
+              progress=False).run()
+    reused = train.Run(smoke(**every, **{"mist.cache_dir": cache, "learner.name": "ranpac"}),
+                       tmp_path / "reused", progress=False)
+    got = reused.run()
+    own = train.Run(smoke(**every, **{"learner.name": "ranpac"}), tmp_path / "own",
+                    progress=False)
+    want = own.run()
+    assert all(t["mist_reused_seconds"] > 0 for t in got["tasks"])
+    assert not any("mist_reused_seconds" in t for t in want["tasks"])
+    for key in METRIC_KEYS:
+        assert got[key] == want[key], key
+    timing = lambda log: {k: v for k, v in log.items()
+                          if k not in ("seconds", "mist_reused_seconds", "images_per_second")}
+    for g, w in zip(got["tasks"], want["tasks"]):
+        for k in set(timing(g)) | set(timing(w)):
+            assert g.get(k) == w.get(k), (k, g.get(k), w.get(k))
+    assert "mi_loss_per_epoch" in got["tasks"][1]
+    leaves = lambda run: jax.tree_util.tree_leaves(jax.device_get(run.params))
+    for a, b in zip(leaves(reused), leaves(own)):
+        np.testing.assert_array_equal(a, b)
+    steps = lambda wd: [{k: v for k, v in json.loads(line).items() if "time" not in k}
+                        for line in (wd / "metrics.jsonl").read_text().splitlines()
+                        if '"mist_step"' in line]
+    assert steps(tmp_path / "reused") == steps(tmp_path / "own") != []

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import ml_collections
 
+#: Sub-folder of a study's workdir holding the tuned backbones its cells share.
+MIST_CACHE = "_mist_cache"
 
 @dataclasses.dataclass(frozen=True)
 class Cell:

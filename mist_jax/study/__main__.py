@@ -3,7 +3,10 @@ r"""Command line: ``python -m mist_jax.study --config configs/studies/<name>.py 
 Runs every cell of the study that has not finished (each an ordinary, resumable run in
 ``DIR/<variant>/seed<s>_order<o>``; a failing cell is reported and the others go on), then
 aggregates the finished ones into ``DIR/study.{md,csv,json}`` and two plots, and prints the
-table. Re-running the same command after a kill finishes only the missing cells.
+table. Re-running the same command after a kill finishes only the missing cells. Cells that
+differ only in their learner (SimpleCIL+MIST and RanPAC+MIST of one seed) tune the backbone once:
+the first stores MIST's per-task result in ``DIR/_mist_cache`` and the others reuse it
+(``checkpoint.TunedBackboneCache``; the same result as tuning again, tests/test_study.py).
 
   --list        print the cells (index, variant, seed, class order, finished?) and exit
   --cell K      run cell K only (a cluster array job: one task per cell, e.g. SLURM
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import sys
 import traceback
+from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -49,6 +53,9 @@ def run_cells(study, workdir: str, only: int | None = None, progress: bool = Fal
         logging.info("cell %d %s: running", cell.index, cell.name)
         try:
             cfg = st.run_config(study, cell.variant, cell.seed, cell.order)
+            if not cfg.mist.get("cache_dir"):  # cells differing only in the learner tune once
+                with cfg.unlocked():
+                    cfg.mist.cache_dir = str(Path(workdir) / st.MIST_CACHE)
             train.Run(cfg, st.cell_dir(workdir, cell), progress=progress).run()
         except KeyboardInterrupt:
             raise

@@ -25,7 +25,8 @@ from mist_jax.study.stats import METRICS, by_variant, differences  # noqa: E402
 
 def collect(study: ml_collections.ConfigDict, workdir: str | Path) -> list[dict]:
     """One row per finished cell: variant, seed, order, the ``stats.METRICS`` and the top-1
-    curve (percent after each task)."""
+    curve (percent after each task). ``wall_minutes`` is the cost the cell stands for: its own
+    run time plus the MIST time it reused from another cell (``mist_reused_seconds``)."""
     rows = []
     for cell in cells(study):
         if not is_finished(workdir, cell):
@@ -33,7 +34,8 @@ def collect(study: ml_collections.ConfigDict, workdir: str | Path) -> list[dict]
         res = json.loads((cell_dir(workdir, cell) / "results.json").read_text())
         rows.append({"variant": cell.variant, "seed": cell.seed, "order": cell.order,
                      **{m: float(res[m]) for m in METRICS if m != "wall_minutes"},
-                     "wall_minutes": sum(t["seconds"] for t in res["tasks"]) / 60,
+                     "wall_minutes": sum(t["seconds"] + t.get("mist_reused_seconds", 0)
+                                         for t in res["tasks"]) / 60,
                      "top1_curve": res["top1_curve"]})
     return rows
 
