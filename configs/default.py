@@ -59,7 +59,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.mist = ml_collections.ConfigDict()
     c.mist.enabled = True
     c.mist.tasks = "all"  # "all" (authors' code) | "first" (first-session adaptation)
-    c.mist.selector = "fisher"  # fisher | gradient | magnitude | random
+    # fisher | fish (Fisher of a prototype classifier's CE) | gradient | magnitude | random
+    c.mist.selector = "fisher"
+    # "mist", or the authors' ablation procedures rand | l2 | grad (per-step masks, CE on a
+    # classifier, no scoring pass, no drop; mist_jax/spr.py; budget select_rate).
+    c.mist.spr = "mist"
     c.mist.objective = "mi"  # mi (Supervised_NT_xent_n) | supcon | ce
     c.mist.epochs = 5  # MI epochs, scoring pass included (authors: 20)
     c.mist.batch_size = 32

@@ -41,7 +41,7 @@ DEFAULT_EXEMPT: tuple[str, ...] = (
     r"(^|/)classifier/",
 )
 
-SELECTORS: tuple[str, ...] = ("fisher", "gradient", "magnitude", "random")
+SELECTORS: tuple[str, ...] = ("fisher", "fish", "gradient", "magnitude", "random")
 UNITS: tuple[str, ...] = ("official", "leaf")
 #: Leaves fused into one unit under units="official": the q/k/v kernels sharing a prefix.
 _QKV = re.compile(r"^(.*/)?(query|key|value)/kernel$")
@@ -197,12 +197,12 @@ def select(
     """Selection with the same per-unit budget for every ablation selector (docs/algorithm.md §12).
 
     Args:
-      kind: "fisher" or "gradient" (pass the matching `scores` from mist_jax.sensitivity),
+      kind: "fisher", "fish" or "gradient" (pass the matching `scores`, ``mist.score``),
         "magnitude" (|w| of `params`), or "random" (uniform scores from `seed`; shapes from
         `params` or `scores`). The random mask is drawn once per call (per task), not per step.
       select_rate: static float in (0, 1].
       params: parameter pytree (needed for "magnitude"; shapes for "random").
-      scores: score pytree (needed for "fisher" and "gradient").
+      scores: score pytree (needed for "fisher", "fish" and "gradient").
       seed: PRNG seed or key for "random".
       exempt: path regexes of always-selected tensors.
       units: selection units, "official" (fused q/k/v) or "leaf" (see `select_top`).
@@ -215,11 +215,9 @@ def select(
     """
     if kind not in SELECTORS:
         raise ValueError(f"unknown selector {kind!r}; choose one of {SELECTORS}.")
-    if kind in ("fisher", "gradient"):
+    if kind in ("fisher", "fish", "gradient"):
         if scores is None:
-            raise ValueError(
-                f"selector {kind!r} needs scores=mist_jax.sensitivity.{kind}_scores(...)."
-            )
+            raise ValueError(f"selector {kind!r} needs scores= (mist_jax.mist.score).")
         chosen = scores
     elif kind == "magnitude":
         if params is None:

@@ -129,18 +129,22 @@ class Tuner:
         the structure, shapes and dtypes are used).
       mesh: the ``sharding.MeshContext`` to run on (default: all devices, data parallel).
         Batches must be laid out on it (``MeshContext.put_batch``).
+      fish: a ``fish.FishScorer``, needed (only) by ``selector="fish"``.
 
     Attributes:
       tx: the optimizer (``make_optimizer(cfg)``), created once.
       param_shardings, opt_shardings: NamedSharding pytrees of params and optimizer state.
 
     Raises:
-      ValueError: an unknown ``selection_units``, optimizer or sparsity, or a rate out of range.
+      ValueError: an unknown ``selection_units``, optimizer or sparsity, a rate out of range,
+        or ``selector="fish"`` without ``fish``.
     """
 
     def __init__(self, loss_fn: Callable, cfg: Any, params: PyTree,
-                 mesh: sharding.MeshContext | None = None):
-        self.loss_fn, self.cfg = loss_fn, cfg
+                 mesh: sharding.MeshContext | None = None, fish: Any = None):
+        self.loss_fn, self.cfg, self.fish = loss_fn, cfg, fish
+        if cfg.selector == "fish" and fish is None:
+            raise ValueError('mist.selector="fish" needs Tuner(..., fish=fish.FishScorer(...)).')
         self.mesh = mesh or sharding.MeshContext(sharding.make_mesh())
         if cfg.selection_units not in masks.UNITS:  # fail now, not after task 0's scoring pass
             raise ValueError(f"mist.selection_units must be one of {masks.UNITS}, got "
@@ -213,7 +217,10 @@ class Tuner:
                             "seconds": time.perf_counter() - t0})
 
             init = None if resume.get("scores") is None else mesh.place(resume["scores"])
-            scores = score(self, params, counted(), state.frozen, init=init, on_batch=on_batch)
+            batches = counted()
+            if cfg.selector == "fish":  # the task's prototype classifier, then its CE-Fisher
+                batches = self.fish.batches(params["backbone"], epoch_batches, batches)
+            scores = score(self, params, batches, state.frozen, init=init, on_batch=on_batch)
             mask, tuning = select(cfg, params, scores, key), None
         else:
             scores, mask = mesh.place(resume["scores"]), mesh.place(resume["mask"])
@@ -235,15 +242,18 @@ def score(tuner: Tuner, params: PyTree, batches: Iterable, frozen: PyTree | None
           init: PyTree | None = None, on_batch: Callable[[PyTree], None] | None = None) -> PyTree:
     """Epoch 1 of MIST: the sensitivity score of every weight (docs/algorithm.md §4).
 
-    ``sensitivity.gradient_scores`` for ``selector="gradient"``, else the MI-Fisher
+    ``sensitivity.gradient_scores`` for ``selector="gradient"``; for ``"fish"`` the Fisher
+    score of the prototype classifier's cross-entropy (``fish.py``; ``batches`` then carry the
+    classes and prototypes, ``FishScorer.batches``); else the MI-Fisher
     ``sensitivity.fisher_scores`` (also the freezing score of the other ablation selectors).
     ``batches``: (images, labels, key) on the tuner's mesh; ``init`` / ``on_batch``: the sum
     of a resumed pass / a callback per batch (``sensitivity.fisher_scores``). Returns float32
     scores shaped like ``params``, laid out like them. Raises ValueError on empty batches.
     """
-    fn = (sensitivity.gradient_scores if tuner.cfg.selector == "gradient"
-          else sensitivity.fisher_scores)
-    return fn(tuner.loss_fn, tuner.mesh.place(params), batches, frozen=frozen,
+    kind = tuner.cfg.selector
+    fn = sensitivity.gradient_scores if kind == "gradient" else sensitivity.fisher_scores
+    loss_fn = tuner.fish.loss_fn if kind == "fish" else tuner.loss_fn
+    return fn(loss_fn, tuner.mesh.place(params), batches, frozen=frozen,
               shardings=tuner.param_shardings, init=init, on_batch=on_batch)
 
 
@@ -266,9 +276,12 @@ class TuneStats(NamedTuple):
 def tune(tuner: Tuner, params: PyTree, mask: PyTree, state: masks.MistState, key,
          epoch_batches: Callable[[int, int], Iterable],
          on_step: Callable[[dict], None] | None = None,
-         at_boundary: Boundary | None = None, resume: dict | None = None) -> tuple[PyTree, dict]:
+         at_boundary: Boundary | None = None, resume: dict | None = None,
+         first_epoch: int = 1) -> tuple[PyTree, dict]:
     """Epochs 2..E of MIST: sparse tuning of the masked weights with the MI loss
     (docs/algorithm.md §6-7). ``state`` gives the counts (damping) and frozen weights.
+    ``first_epoch``: the first update epoch (1: epoch 0 was the scoring pass; 0 for the
+    ``spr`` procedures, which have none).
 
     ``at_boundary`` is called after each step with ``{"phase": "tune", "epoch": e, "batch":
     b}`` (b steps of epoch e done) and a function returning the loop's state (``params``,
@@ -280,7 +293,8 @@ def tune(tuner: Tuner, params: PyTree, mask: PyTree, state: masks.MistState, key
     cfg = tuner.cfg
     params = tuner.mesh.place(jax.tree.map(jnp.array, params))  # a private copy: the step donates it
     opt_state = tuner.init(params, mask, state.count, state.frozen, key)
-    losses, changed, images, steps, epoch0, batch0, epoch_losses = [], [], 0, 0, 1, 0, []
+    losses, changed, images, steps, epoch_losses = [], [], 0, 0, []
+    epoch0, batch0 = first_epoch, 0
     if resume is not None:
         params = tuner.mesh.place(resume["params"])
         opt_state = jax.device_put(trees.from_leaf_dict(opt_state, resume["opt_state"]),

@@ -35,8 +35,8 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from mist_jax import (checkpoint, interrupt, learners, masks, metrics, mist, outputs, seeds,
-                      sharding, validate)
+from mist_jax import (checkpoint, fish, interrupt, learners, masks, metrics, mist, outputs,
+                      seeds, sharding, spr, validate)
 from mist_jax.checkpoint import RunCheckpointer
 from mist_jax.data import batches, get_preprocess, sources, tasks, transforms
 from mist_jax.lock import WorkdirLock
@@ -82,6 +82,21 @@ def tuning_config(cfg: ml_collections.ConfigDict, learner: learners.Learner):
     return cfg.mist if cfg.mist.enabled else None
 
 
+def build_tuner(mist_cfg: ml_collections.ConfigDict, model, preprocess, params,
+                mesh: sharding.MeshContext, out_dim: int):
+    """The backbone tuner of ``config.mist``: a ``mist.Tuner`` (with a ``fish.FishScorer``
+    for ``selector="fish"``), or for ``spr = rand | l2 | grad`` the authors' ablation
+    procedure (``spr.SprTuner``). ``out_dim``: the head's width (classes for CE losses)."""
+    if mist_cfg.get("spr", "mist") != "mist":
+        return spr.SprTuner(spr.make_loss_fn(model, preprocess, out_dim), mist_cfg, params,
+                            mesh)
+    loss_fn = mist.make_loss_fn(model, preprocess, mist_cfg.objective, mist_cfg.temperature,
+                                out_dim)
+    scorer = (fish.FishScorer(model, preprocess, mist_cfg.temperature, mesh.replicated)
+              if mist_cfg.selector == "fish" else None)
+    return mist.Tuner(loss_fn, mist_cfg, params, mesh, fish=scorer)
+
+
 class Run:
     """One class-incremental experiment in one workdir (resumable).
 
@@ -112,7 +127,9 @@ class Run:
                                      preprocess=self.preprocess)
         self.tuning = tuning_config(cfg, self.learner)
         mist_cfg = self.tuning or cfg.mist
-        out_dim = self.data.num_classes if mist_cfg.objective == "ce" else mist_cfg.proj_dim
+        spr_mode = mist_cfg.get("spr", "mist") != "mist"
+        out_dim = (self.data.num_classes if mist_cfg.objective == "ce" or spr_mode
+                   else mist_cfg.proj_dim)
         head = mist.init_head(seeds.key(cfg.seed, "head"), self.model.width, out_dim)
         self.params = self.mesh.place({"backbone": backbone, "head": head})
         self.mist_state = masks.MistState(*self.mesh.place(tuple(
@@ -120,9 +137,8 @@ class Run:
         self.learner_state = self.learner.init(seeds.key(cfg.seed, "learner"), self.model.width)
         self.tuner = None
         if self.tuning is not None:
-            loss_fn = mist.make_loss_fn(self.model, self.preprocess, mist_cfg.objective,
-                                        mist_cfg.temperature, out_dim)
-            self.tuner = mist.Tuner(loss_fn, mist_cfg, self.params, self.mesh)
+            self.tuner = build_tuner(mist_cfg, self.model, self.preprocess, self.params,
+                                     self.mesh, out_dim)
         # MIST's per-task result, shared with runs that differ only in their learner.
         self.mist_cache = None
         if cfg.mist.get("cache_dir") and self.tuner is not None and not self.learner.tunes_backbone:
@@ -365,10 +381,12 @@ class Run:
             desc=f"task {t} MI epoch {e + 1}/{epochs}" + (" (scoring)" if e == 0 else ""))
         at = None if run_state is None else (
             lambda pos, get: self._boundary(t, pos, get, run_state))
+        extra = ({"task_range": self.data.ranges[t]} if isinstance(self.tuner, spr.SprTuner)
+                 else {})
         self.params, self.mist_state, log = self.tuner.adapt(
             self.params, self.mist_state, epoch_batches, seeds.key(cfg.seed, "drop", t),
             on_step=lambda row: (rows.append(_jsonable(row)), self._on_step(t, row)),
-            at_boundary=at, resume=resume)
+            at_boundary=at, resume=resume, **extra)
         self._backbone_version += 1
         self.learner_state = self.learner.after_tuning(self.learner_state, self.params)
         if fresh:
