@@ -59,7 +59,7 @@ def run_all(config, workdir: str | Path, stop=None) -> dict[str, dict]:
         if len(results) > 1:
             outputs.plot_accuracy_curves({n: r["top1_curve"] for n, r in results.items()},
                                          workdir / "accuracy_curve.png")
-        table = outputs.summary_table(results)
+        table = outputs.summary_table(results, config.seed, config.data.class_order_seed)
         outputs.write_text(workdir / "summary.txt", table + "\n")
     finally:
         lock.release()
@@ -93,12 +93,13 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.get_absl_handler().addFilter(_QuietLibraries())
-    from mist_jax import sharding
+    from mist_jax import compilation_cache, sharding
 
     from mist_jax.interrupt import Interrupted, StopSignal
     from mist_jax.lock import WorkdirInUse
 
     sharding.initialize_distributed()  # no-op unless the environment asks for multi-host
+    compilation_cache.enable()  # later runs load compiled programs instead of compiling
     stop = StopSignal().install()  # SIGINT / SIGTERM: stop at the next step boundary
     try:
         run_all(_CONFIG.value, _WORKDIR.value, stop=stop)

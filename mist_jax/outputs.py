@@ -160,8 +160,11 @@ def finish(workdir: str | Path, config, record: dict) -> dict:
     return results
 
 
-def summary_table(results: dict[str, dict]) -> str:
-    """Plain-text table: per-task top-1, then average / last accuracy and forgetting per run."""
+def summary_table(results: dict[str, dict], seed: int | None = None,
+                  order: int | None = None) -> str:
+    """Plain-text table: per-task top-1, then average / last accuracy and forgetting per run,
+    and a last line saying how many runs stand behind each column (one, with ``seed`` and
+    class ``order`` when given) and where to get error bars."""
     names = list(results)
     t = max(len(r["top1_curve"]) for r in results.values())
     width = max(10, *(len(n) for n in names))
@@ -172,4 +175,7 @@ def summary_table(results: dict[str, dict]) -> str:
         lines.append(f"{'top-1 after task ' + str(i):<22}{cells}")
     for key in ("average_accuracy", "last_accuracy", "forgetting", "new_task_accuracy"):
         lines.append(f"{key:<22}" + "".join(f"{r[key]:>{width + 2}.2f}" for r in results.values()))
+    which = "" if seed is None else f" (seed {seed}, class order seed {order})"
+    lines.append(f"Each column is one run{which}: one seed, no error bars. Mean ± std and paired "
+                 "tests over seeds and class orders: python -m mist_jax.study (README, Studies).")
     return "\n".join(lines)

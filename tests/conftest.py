@@ -12,4 +12,9 @@ def _isolated_cache(tmp_path_factory):
     for var, name in (("MIST_JAX_CACHE", "mist_jax_cache"), ("MIST_JAX_DATA", "tfds_data")):
         if var not in os.environ:
             os.environ[var] = str(tmp_path_factory.mktemp(name))
+    # XLA's persistent compilation cache under MIST_JAX_CACHE, as the CLI uses it: the same
+    # programs compiled by many tests (and their CLI subprocesses) compile once per worker.
+    from mist_jax import compilation_cache
+
+    compilation_cache.enable()
     yield

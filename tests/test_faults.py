@@ -29,7 +29,11 @@ def _cmd(workdir: Path, every: int = 0) -> list[str]:
 
 
 def _env() -> dict:
-    return dict(os.environ, JAX_PLATFORMS="cpu")
+    # Its own compilation cache: JAX writes entries in place, so a process killed mid-write
+    # may leave a truncated one (read back as a warning and a recompile), kept out of the
+    # caches of tests that check the CLI's output.
+    xla = Path(os.environ["MIST_JAX_CACHE"]) / "xla_killed"
+    return dict(os.environ, JAX_PLATFORMS="cpu", MIST_JAX_XLA_CACHE=str(xla))
 
 
 def _finish(workdir: Path, every: int = 0) -> str:

@@ -160,12 +160,25 @@ def test_smoke_study_resumes_only_missing_cells_and_aggregates(tmp_path, caplog)
     assert "simplecil_mist - simplecil" in again.stdout
 
 
-@pytest.mark.parametrize("name", ["smoke", "embedded_main", "paper_imagenet_r"])
+@pytest.mark.parametrize("name", ["smoke", "embedded_main", "embedded_ablation",
+                                  "paper_imagenet_r"])
 def test_shipped_studies_load_check_and_document_their_command(name):
     module = _module(f"configs/studies/{name}.py")
     study = module.get_config()
     st.check_study(study)
     assert f"python -m mist_jax.study --config configs/studies/{name}.py" in module.__doc__
+    assert f"({len(st.cells(study))} cells)" in " ".join(module.__doc__.split())
     assert study.repeats[0][1] == 1993  # the authors' class order is the first repeat
-    for reference in {r for _, r in study.compare}:
-        assert st.run_config(study, reference, 0, 1993).mist.enabled is False
+    for variant, reference in study.compare:  # each comparison changes MIST, not the learner
+        a, b = (st.run_config(study, v, 0, 1993) for v in (variant, reference))
+        assert a.learner.name == b.learner.name and a.mist != b.mist, (variant, reference)
+
+
+def test_the_default_jobs_table_says_one_run_and_which_seed():
+    from mist_jax import outputs
+
+    res = {"top1_curve": [80.0, 70.0], "average_accuracy": 75.0, "last_accuracy": 70.0,
+           "forgetting": 5.0, "new_task_accuracy": 77.5}
+    table = outputs.summary_table({"mist": res, "baseline": res}, seed=0, order=1993)
+    assert "one run (seed 0, class order seed 1993)" in table
+    assert "python -m mist_jax.study" in table.splitlines()[-1]
