@@ -253,10 +253,16 @@ class TunedBackboneCache:
         self._manager.reload()
         if task in self._manager.all_steps():
             return
-        self._manager.save(task, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(jax.tree_util.tree_map(to_host, state)),
-            record=ocp.args.JsonSave(dict(record, config=self._config))))
-        self._manager.wait_until_finished()
+        try:
+            self._manager.save(task, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(jax.tree_util.tree_map(to_host, state)),
+                record=ocp.args.JsonSave(dict(record, config=self._config))))
+            self._manager.wait_until_finished()
+        except Exception:  # pylint: disable=broad-except
+            self._manager.reload()
+            if task not in self._manager.all_steps():
+                raise
+            # Another run (a parallel study cell) stored the same entry first: keep it.
 
     def close(self) -> None:
         self._manager.close()

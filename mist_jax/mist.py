@@ -106,6 +106,20 @@ def _train_step(loss_fn: Callable, tx: optax.GradientTransformation) -> Callable
     return step
 
 
+def jit_steps(mesh: sharding.MeshContext, loss_fn: Callable, tx: optax.GradientTransformation,
+              params: PyTree, init: Callable) -> tuple[PyTree, PyTree, Callable, Callable]:
+    """``(param_shardings, opt_shardings, init, step)`` of a tuner on ``mesh``: ``init(params,
+    mask, count, frozen, key) -> opt_state`` jitted onto the optimizer state's shardings (from
+    ``jax.eval_shape(tx.init, params)``); ``step`` the jitted ``_train_step`` with params and
+    optimizer state donated and the loss and updated fraction replicated."""
+    param_sh = mesh.shardings(params)
+    opt_sh = mesh.shardings(jax.eval_shape(tx.init, params))
+    rep = mesh.replicated
+    step = jax.jit(_train_step(loss_fn, tx), in_shardings=(param_sh, opt_sh, None),
+                   out_shardings=(param_sh, opt_sh, rep, rep), donate_argnums=(0, 1))
+    return param_sh, opt_sh, jax.jit(init, out_shardings=opt_sh), step
+
+
 def make_optimizer(cfg: Any) -> optax.GradientTransformation:
     """``config.mist`` -> the run's ``optim.mist_optimizer`` (no task yet: see ``optim.start_task``).
 
@@ -153,18 +167,12 @@ class Tuner:
             raise ValueError(f"mist.freeze_rate must be in [0, 1], got {cfg.freeze_rate}; 0.0 "
                              "freezes each unit's maximum (SimpleCIL file), 0.0005 is RanPAC's.")
         self.tx = make_optimizer(cfg)
-        self.param_shardings = self.mesh.shardings(params)
-        self.opt_shardings = self.mesh.shardings(jax.eval_shape(self.tx.init, params))
 
         def init(params, mask, count, frozen, key):
             return optim.start_task(self.tx.init(params), params, mask, count, frozen, key)
 
-        rep = self.mesh.replicated
-        self.init = jax.jit(init, out_shardings=self.opt_shardings)
-        self.step = jax.jit(_train_step(loss_fn, self.tx),
-                            in_shardings=(self.param_shardings, self.opt_shardings, None),
-                            out_shardings=(self.param_shardings, self.opt_shardings, rep, rep),
-                            donate_argnums=(0, 1))
+        self.param_shardings, self.opt_shardings, self.init, self.step = jit_steps(
+            self.mesh, loss_fn, self.tx, params, init)
 
     def adapt(self, params: PyTree, state: masks.MistState,
               epoch_batches: Callable[[int, int], Iterable], key: jax.Array,

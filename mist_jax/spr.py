@@ -130,20 +130,14 @@ class SprTuner:
         inner = optim.inner_optimizer(cfg.optimizer, cfg.learning_rate, cfg.momentum,
                                       cfg.weight_decay, cfg.head_learning_rate)
         self.tx = optax.chain(step_mask(cfg.spr, cfg.select_rate), inner)
-        self.param_shardings = self.mesh.shardings(params)
-        self.opt_shardings = self.mesh.shardings(jax.eval_shape(self.tx.init, params))
 
         def init(params, mask, count, frozen, key):  # mist.tune's signature; no task mask
             del mask, count, frozen
             first, inner_state = self.tx.init(params)
             return first._replace(key=seeds.raw_key(key)), inner_state
 
-        rep = self.mesh.replicated
-        self.init = jax.jit(init, out_shardings=self.opt_shardings)
-        self.step = jax.jit(mist._train_step(loss_fn, self.tx),  # pylint: disable=protected-access
-                            in_shardings=(self.param_shardings, self.opt_shardings, None),
-                            out_shardings=(self.param_shardings, self.opt_shardings, rep, rep),
-                            donate_argnums=(0, 1))
+        self.param_shardings, self.opt_shardings, self.init, self.step = mist.jit_steps(
+            self.mesh, loss_fn, self.tx, params, init)
 
     def adapt(self, params: PyTree, state: masks.MistState,
               epoch_batches: Callable[[int, int], Iterable], key: jax.Array,

@@ -3,7 +3,6 @@ checkpoints every 2 step boundaries, and inside a checkpoint write), SIGTERM / S
 re-run the same command, and get the uninterrupted run's results and final parameters bitwise,
 with every event logged once."""
 
-import json
 import os
 import signal
 import subprocess
@@ -11,13 +10,15 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_outcome import assert_same, outcome  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 KILLS = 10
-TIMING = {"seconds", "images_per_second", "versions"}
+TIMING = {"seconds", "images_per_second", "versions"}  # differ between identical runs
 
 
 def _cmd(workdir: Path, every: int = 0) -> list[str]:
@@ -43,43 +44,21 @@ def _finish(workdir: Path, every: int = 0) -> str:
     return done.stderr
 
 
-def _strip(x):
-    if isinstance(x, dict):
-        return {k: _strip(v) for k, v in x.items() if k not in TIMING}
-    if isinstance(x, list):
-        return [_strip(v) for v in x]
-    return x
-
-
 def _outcome(workdir: Path):
-    """(results without wall times, final checkpoint arrays, event keys)."""
-    from mist_jax.checkpoint import RunCheckpointer
-
-    run = workdir / "mist"
-    results = _strip(json.loads((run / "results.json").read_text()))
-    config = json.loads((run / "config.json").read_text())
-    ckpt = RunCheckpointer(run / "checkpoints", config)
-    state, _ = ckpt.restore()
-    ckpt.close()
-    events = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
-    keys = [(e["event"], e.get("task"), e.get("step")) for e in events]
-    return results, jax.tree.leaves(state), keys
+    return outcome(workdir / "mist", TIMING)
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("faults") / "reference"
+    """(outcome, seconds of a run with the compilation cache warm: the kill window)."""
+    root = tmp_path_factory.mktemp("faults")
+    _finish(root / "reference")  # compiles, filling the cache the killed runs load from
     t0 = time.perf_counter()
-    _finish(workdir)
-    return _outcome(workdir), time.perf_counter() - t0
-
-
-def _assert_same(got, want):
-    (r1, s1, e1), (r2, s2, e2) = got, want
-    assert r1 == r2
-    assert len(s1) == len(s2) and all(np.array_equal(a, b) for a, b in zip(s1, s2))
-    assert len(e1) == len(set(e1)), "an event was logged twice"
-    assert sorted(e1) == sorted(e2)
+    _finish(root / "warm")
+    seconds = time.perf_counter() - t0
+    want = _outcome(root / "reference")
+    assert_same(_outcome(root / "warm"), want)  # programs loaded from the cache: same run
+    return want, seconds
 
 
 @pytest.mark.slow
@@ -96,7 +75,7 @@ def test_kill_9_anywhere_then_resume_is_bitwise_equal(reference, tmp_path):
             proc.send_signal(signal.SIGKILL)
             proc.wait()
         _finish(workdir)
-        _assert_same(_outcome(workdir), want)
+        assert_same(_outcome(workdir), want)
 
 
 @pytest.mark.slow
@@ -113,7 +92,7 @@ def test_kill_9_during_a_checkpoint_write_then_resume_is_bitwise_equal(reference
         time.sleep(0.005)
     proc.wait()
     _finish(workdir)
-    _assert_same(_outcome(workdir), want)
+    assert_same(_outcome(workdir), want)
 
 
 @pytest.mark.slow
@@ -137,4 +116,4 @@ def test_ctrl_c_mid_task_stops_at_a_step_with_a_checkpoint_and_one_line(referenc
     assert "Re-run the same command to resume" in last[0]
     resumed = _finish(workdir)
     assert "Resumed" in resumed  # inside task 0, or at task 1 if the signal came late
-    _assert_same(_outcome(workdir), want)
+    assert_same(_outcome(workdir), want)

@@ -1,19 +1,16 @@
 """In-task checkpoints: a run stopped (or crashed) at a step boundary inside a task resumes
 there, not at the task's start, and ends bitwise equal to a run never stopped."""
 
-import json
 import sys
 from pathlib import Path
 
-import jax
-import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_outcome import assert_same, outcome  # noqa: E402
 from test_train import smoke  # noqa: E402
 
 from mist_jax import interrupt, train  # noqa: E402
-from mist_jax.checkpoint import RunCheckpointer  # noqa: E402
 
 NEUTRAL = {"seconds", "images_per_second", "checkpoint_every_steps"}  # result-neutral: may differ from the reference
 
@@ -39,28 +36,9 @@ def _config():
     return smoke(**{"learner.simplecil.drift_compensation": True, "mist.log_every": 1})
 
 
-def _strip(x):
-    if isinstance(x, dict):
-        return {k: _strip(v) for k, v in x.items() if k not in NEUTRAL}
-    if isinstance(x, list):
-        return [_strip(v) for v in x]
-    return x
-
-
-def _outcome(workdir: Path):
-    results = _strip(json.loads((workdir / "results.json").read_text()))
-    ckpt = RunCheckpointer(workdir / "checkpoints",
-                           json.loads((workdir / "config.json").read_text()))
-    state, _ = ckpt.restore()
-    ckpt.close()
-    events = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
-    return results, jax.tree.leaves(state), [(e["event"], e["task"], e.get("step"))
-                                             for e in events]
-
-
 def test_stops_and_a_crash_inside_tasks_resume_there_bitwise(tmp_path):
     train.Run(_config(), tmp_path / "ref", progress=False).run()
-    want = _outcome(tmp_path / "ref")
+    want = outcome(tmp_path / "ref", NEUTRAL)
     # Smoke task: 4 scoring batches (boundaries 1-4) and 4 MIST steps (5-8), then the check
     # after the task. Each entry: (stop, where the next process must resume).
     wd = tmp_path / "stopped"
@@ -84,12 +62,7 @@ def test_stops_and_a_crash_inside_tasks_resume_there_bitwise(tmp_path):
         again.ckpt.close()
         again._lock.release()
     train.Run(cfg, wd, progress=False).run()
-    results, arrays, events = _outcome(wd)
-    assert results == want[0]
-    assert len(arrays) == len(want[1])
-    assert all(np.array_equal(a, b) for a, b in zip(arrays, want[1]))
-    assert len(events) == len(set(events)), "an event was logged twice"
-    assert sorted(events) == sorted(want[2])
+    assert_same(outcome(wd, NEUTRAL), want)
     assert not any((wd / "checkpoints_in_task").iterdir())  # deleted after the last task
 
 
