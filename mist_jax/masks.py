@@ -217,7 +217,9 @@ def select(
         raise ValueError(f"unknown selector {kind!r}; choose one of {SELECTORS}.")
     if kind in ("fisher", "fish", "gradient"):
         if scores is None:
-            raise ValueError(f"selector {kind!r} needs scores= (mist_jax.mist.score).")
+            source = ("fish.FishScorer's loss in sensitivity.fisher_scores" if kind == "fish"
+                      else f"mist_jax.sensitivity.{kind}_scores(...)")
+            raise ValueError(f"selector {kind!r} needs scores={source} (or mist.score).")
         chosen = scores
     elif kind == "magnitude":
         if params is None:
