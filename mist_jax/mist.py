@@ -157,7 +157,7 @@ class Tuner:
     def __init__(self, loss_fn: Callable, cfg: Any, params: PyTree,
                  mesh: sharding.MeshContext | None = None, fish: Any = None):
         self.loss_fn, self.cfg, self.fish = loss_fn, cfg, fish
-        if cfg.selector == "fish" and fish is None:
+        if getattr(cfg, "selector", "fisher") == "fish" and fish is None:
             raise ValueError('mist.selector="fish" needs Tuner(..., fish=fish.FishScorer(...)).')
         self.mesh = mesh or sharding.MeshContext(sharding.make_mesh())
         if cfg.selection_units not in masks.UNITS:  # fail now, not after task 0's scoring pass
@@ -226,7 +226,7 @@ class Tuner:
 
             init = None if resume.get("scores") is None else mesh.place(resume["scores"])
             batches = counted()
-            if cfg.selector == "fish":  # the task's prototype classifier, then its CE-Fisher
+            if getattr(cfg, "selector", "fisher") == "fish":  # prototypes, then CE-Fisher
                 batches = self.fish.batches(params["backbone"], epoch_batches, batches)
             scores = score(self, params, batches, state.frozen, init=init, on_batch=on_batch)
             mask, tuning = select(cfg, params, scores, key), None
@@ -258,7 +258,7 @@ def score(tuner: Tuner, params: PyTree, batches: Iterable, frozen: PyTree | None
     of a resumed pass / a callback per batch (``sensitivity.fisher_scores``). Returns float32
     scores shaped like ``params``, laid out like them. Raises ValueError on empty batches.
     """
-    kind = tuner.cfg.selector
+    kind = getattr(tuner.cfg, "selector", "fisher")
     fn = sensitivity.gradient_scores if kind == "gradient" else sensitivity.fisher_scores
     loss_fn = tuner.fish.loss_fn if kind == "fish" else tuner.loss_fn
     return fn(loss_fn, tuner.mesh.place(params), batches, frozen=frozen,

@@ -10,8 +10,12 @@ Command::
   .venv/bin/python -m mist_jax.study --config configs/studies/embedded_main.py \
       --workdir runs/embedded_main
 
-Cost on a 2-core CPU: a MIST cell takes 7-10 minutes, a frozen cell under one minute, so about
-80-100 minutes for the 20 cells. Cluster: ``--list`` prints the cells, ``--cell K`` runs one.
+Cost on a 2-core CPU (measured cell by cell, the study not yet run end to end in one go): a
+frozen RanPAC cell (2000 random features) about 1 minute; a RanPAC + MIST cell 14-17 minutes
+(MIST about 110 s a task on this session's machine; the first cell also compiles); a SimpleCIL
+cell under a minute; a SimpleCIL + MIST cell about a minute, as it reuses the RanPAC + MIST
+cell's tuning (``mist.cache_dir``). About 85 minutes for the 20 cells. Cluster: ``--list``
+prints the cells, ``--cell K`` runs one.
 """
 
 import importlib.util
