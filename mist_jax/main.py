@@ -12,6 +12,7 @@ resumes from the last finished task.
 from __future__ import annotations
 
 import logging as pylogging
+import os
 import sys
 from pathlib import Path
 
@@ -99,7 +100,8 @@ def main(argv):
     from mist_jax.lock import WorkdirInUse
 
     sharding.initialize_distributed()  # no-op unless the environment asks for multi-host
-    compilation_cache.enable()  # later runs load compiled programs instead of compiling
+    if os.environ.get("MIST_JAX_XLA_CACHE"):  # opt-in here: a SIGTERM test aborted with it on
+        compilation_cache.enable()
     stop = StopSignal().install()  # SIGINT / SIGTERM: stop at the next step boundary
     try:
         run_all(_CONFIG.value, _WORKDIR.value, stop=stop)
