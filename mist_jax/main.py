@@ -11,8 +11,6 @@ resumes from the last finished task.
 
 from __future__ import annotations
 
-import logging as pylogging
-import os
 import sys
 from pathlib import Path
 
@@ -82,26 +80,16 @@ def _run(run, name: str) -> dict:
                           "Re-run the same command to resume.") from None
 
 
-class _QuietLibraries(pylogging.Filter):
-    """Drop orbax's and TFDS's per-save INFO chatter; keep their warnings and errors."""
-
-    def filter(self, record):
-        noisy = ("orbax" in record.pathname or "tensorflow_datasets" in record.pathname)
-        return record.levelno >= pylogging.WARNING or not noisy
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.get_absl_handler().addFilter(_QuietLibraries())
-    from mist_jax import compilation_cache, sharding
-
+    from mist_jax import compilation_cache, logs, sharding
     from mist_jax.interrupt import Interrupted, StopSignal
     from mist_jax.lock import WorkdirInUse
 
+    logs.quiet_libraries()
     sharding.initialize_distributed()  # no-op unless the environment asks for multi-host
-    if os.environ.get("MIST_JAX_XLA_CACHE"):  # opt-in here: a SIGTERM test aborted with it on
-        compilation_cache.enable()
+    compilation_cache.enable()  # a re-run or resume loads the compiled programs
     stop = StopSignal().install()  # SIGINT / SIGTERM: stop at the next step boundary
     try:
         run_all(_CONFIG.value, _WORKDIR.value, stop=stop)

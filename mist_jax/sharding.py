@@ -26,6 +26,7 @@ import dataclasses
 import os
 import queue
 import re
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -273,7 +274,10 @@ def prefetch(batches: Iterable, put: Callable[[Any], Any], size: int = 2) -> Ite
 
     The host work (decoding, augmentation) and the asynchronous transfer of the next batches
     overlap the device step on the current one. Order and values are unchanged; an exception
-    in the producer is re-raised here; stopping early stops the producer.
+    in the producer is re-raised here. Closing the generator early (``close()``, or its
+    garbage collection) stops the producer and waits for its batch in flight: a daemon thread
+    still inside ``put`` (JAX's C++) when the interpreter exits is killed there and aborts the
+    process ("FATAL: exception not rethrown"), so stopped runs must close their prefetchers.
     """
     q: queue.Queue = queue.Queue(maxsize=max(size, 1))
     stop = threading.Event()
@@ -309,3 +313,5 @@ def prefetch(batches: Iterable, put: Callable[[Any], Any], size: int = 2) -> Ite
             yield item
     finally:
         stop.set()
+        if not sys.is_finalizing():  # a thread killed by finalization would never join
+            thread.join()

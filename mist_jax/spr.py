@@ -37,6 +37,12 @@ PyTree = Any
 MODES = ("mist", "rand", "l2", "grad")
 
 
+def requested(mist_cfg: Any) -> bool:
+    """Whether ``config.mist`` asks for one of the authors' ablation procedures (``spr`` of
+    rand | l2 | grad) instead of MIST; a config without the key is MIST."""
+    return mist_cfg.get("spr", "mist") != "mist"
+
+
 class StepMaskState(NamedTuple):
     """State of ``step_mask``: int32 step count and the uint32[2] raw PRNG key of ``rand``."""
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +88,7 @@ def build_tuner(mist_cfg: ml_collections.ConfigDict, model, preprocess, params,
     """The backbone tuner of ``config.mist``: a ``mist.Tuner`` (with a ``fish.FishScorer``
     for ``selector="fish"``), or for ``spr = rand | l2 | grad`` the authors' ablation
     procedure (``spr.SprTuner``). ``out_dim``: the head's width (classes for CE losses)."""
-    if mist_cfg.get("spr", "mist") != "mist":
+    if spr.requested(mist_cfg):
         return spr.SprTuner(spr.make_loss_fn(model, preprocess, out_dim), mist_cfg, params,
                             mesh)
     loss_fn = mist.make_loss_fn(model, preprocess, mist_cfg.objective, mist_cfg.temperature,
@@ -119,6 +120,7 @@ class Run:
         self.writer = sharding.is_writer()
         self._lock = WorkdirLock(self.workdir) if self.writer else None
         self.progress, self._bar = progress and self.writer, None
+        self._prefetchers = weakref.WeakSet()  # closed when run() ends, however it ends
         self.mesh = sharding.from_config(cfg)
         self.transforms = transforms.get_transforms(cfg.data)
         self.model, backbone, self.preprocess = build_backbone(cfg)
@@ -127,8 +129,7 @@ class Run:
                                      preprocess=self.preprocess)
         self.tuning = tuning_config(cfg, self.learner)
         mist_cfg = self.tuning or cfg.mist
-        spr_mode = mist_cfg.get("spr", "mist") != "mist"
-        out_dim = (self.data.num_classes if mist_cfg.objective == "ce" or spr_mode
+        out_dim = (self.data.num_classes if mist_cfg.objective == "ce" or spr.requested(mist_cfg)
                    else mist_cfg.proj_dim)
         head = mist.init_head(seeds.key(cfg.seed, "head"), self.model.width, out_dim)
         self.params = self.mesh.place({"backbone": backbone, "head": head})
@@ -254,7 +255,9 @@ class Run:
         if desc is not None:
             host = self._bar = tqdm.tqdm(host, desc=desc, leave=False, disable=not self.progress,
                                          initial=start, total=-(-len(idx) // batch))
-        return sharding.prefetch(host, lambda b: self.mesh.put_batch(b[1], b[0]), size=2)
+        gen = sharding.prefetch(host, lambda b: self.mesh.put_batch(b[1], b[0]), size=2)
+        self._prefetchers.add(gen)
+        return gen
 
     def features(self, split: str, idx: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """float32[N, D] backbone features with the test transform (docs/algorithm.md §9)."""
@@ -290,6 +293,10 @@ class Run:
                         f"Stopped in {self.workdir} after task {t} (checkpointed). Re-run the "
                         f"same command to resume with task {t + 1}.")
         finally:
+            # A stop or an error leaves the epoch's batch generators suspended, their producer
+            # threads mid-batch: stop and join them before the process may exit.
+            for gen in list(self._prefetchers):
+                gen.close()
             self.events.close()
             self.ckpt.close()
             if self.mist_cache is not None:
@@ -373,7 +380,7 @@ class Run:
         cached = self.mist_cache.load(t) if fresh else None
         if cached is not None:
             return self._reuse_tuned(t, *cached)
-        cfg, rows, t0 = self.cfg, [], time.perf_counter()
+        cfg, rows = self.cfg, []
         epochs = self.tuning.epochs
         epoch_batches = lambda e, start: self._batches(
             self.data.train, idx, labels, self.tuning.batch_size, streams=("", t, e),
@@ -391,7 +398,7 @@ class Run:
         self.learner_state = self.learner.after_tuning(self.learner_state, self.params)
         if fresh:
             self.mist_cache.save(t, self._tuned_state(with_learner=False), {
-                "log": _jsonable(log), "rows": rows, "seconds": time.perf_counter() - t0})
+                "log": _jsonable(log), "rows": rows, "seconds": log["seconds"]})
         return log
 
     def _reuse_tuned(self, t: int, state: dict, record: dict) -> dict:

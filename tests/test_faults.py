@@ -44,6 +44,29 @@ def _finish(workdir: Path, every: int = 0) -> str:
     return done.stderr
 
 
+def _start(workdir: Path, every: int = 0, **io) -> subprocess.Popen:
+    io = io or dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(_cmd(workdir, every), cwd=ROOT, env=_env(), **io)
+
+
+def _signal_when(proc: subprocess.Popen, ready, sig: int, poll: float = 0.005) -> None:
+    """Send ``sig`` to ``proc`` as soon as ``ready()`` holds (nothing if it exits first)."""
+    while proc.poll() is None:
+        if ready():
+            proc.send_signal(sig)
+            return
+        time.sleep(poll)
+
+
+def _kill_9_then_resume(workdir: Path, ready, every: int = 0):
+    """kill -9 a run once ``ready()`` holds, re-run the same command; the finished outcome."""
+    proc = _start(workdir, every)
+    _signal_when(proc, ready, signal.SIGKILL)
+    proc.wait()
+    _finish(workdir)
+    return _outcome(workdir)
+
+
 def _outcome(workdir: Path):
     return outcome(workdir / "mist", TIMING)
 
@@ -66,16 +89,10 @@ def test_kill_9_anywhere_then_resume_is_bitwise_equal(reference, tmp_path):
     (want, seconds) = reference
     rng = np.random.default_rng(2026)
     for k, delay in enumerate(rng.uniform(0.1, 1.0, KILLS) * seconds):
-        workdir = tmp_path / f"kill{k}"
-        proc = subprocess.Popen(_cmd(workdir, every=2), cwd=ROOT, env=_env(),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            proc.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-        _finish(workdir)
-        assert_same(_outcome(workdir), want)
+        end = time.perf_counter() + delay
+        got = _kill_9_then_resume(tmp_path / f"kill{k}", lambda: time.perf_counter() >= end,
+                                  every=2)
+        assert_same(got, want)
 
 
 @pytest.mark.slow
@@ -83,16 +100,9 @@ def test_kill_9_during_a_checkpoint_write_then_resume_is_bitwise_equal(reference
     want, _ = reference
     workdir = tmp_path / "in_save"
     ckpts = workdir / "mist" / "checkpoints"
-    proc = subprocess.Popen(_cmd(workdir), cwd=ROOT, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while proc.poll() is None:  # orbax writes each step to a temporary folder first
-        if ckpts.is_dir() and any("tmp" in p.name for p in ckpts.iterdir()):
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.005)
-    proc.wait()
-    _finish(workdir)
-    assert_same(_outcome(workdir), want)
+    # orbax writes each step to a temporary folder first
+    writing = lambda: ckpts.is_dir() and any("tmp" in p.name for p in ckpts.iterdir())
+    assert_same(_kill_9_then_resume(workdir, writing), want)
 
 
 @pytest.mark.slow
@@ -100,14 +110,11 @@ def test_ctrl_c_mid_task_stops_at_a_step_with_a_checkpoint_and_one_line(referenc
     # (SIGTERM, the same handler: tests/test_train.py.)
     want, _ = reference
     workdir = tmp_path / "signal"
-    proc = subprocess.Popen(_cmd(workdir), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = _start(workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     events = workdir / "mist" / "metrics.jsonl"
-    while proc.poll() is None:  # the first MIST step of task 0 is logged: mid-task
-        if events.is_file() and '"mist_step"' in events.read_text():
-            proc.send_signal(signal.SIGINT)
-            break
-        time.sleep(0.01)
+    # the first MIST step of task 0 is logged: mid-task
+    _signal_when(proc, lambda: events.is_file() and '"mist_step"' in events.read_text(),
+                 signal.SIGINT, poll=0.01)
     _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr

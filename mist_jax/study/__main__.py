@@ -69,10 +69,11 @@ def run_cells(study, workdir: str, only: int | None = None, progress: bool = Fal
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from mist_jax import compilation_cache
+    from mist_jax import compilation_cache, logs
     from mist_jax import study as st
     from mist_jax.study import report
 
+    logs.quiet_libraries()
     compilation_cache.enable()  # cells after the first load the compiled programs
     study, workdir = _CONFIG.value, _WORKDIR.value
     st.check_study(study)
