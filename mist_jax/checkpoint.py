@@ -34,8 +34,14 @@ IN_TASK_STRIDE = 10**9
 
 def _comparable(config: dict) -> dict:
     """The config as compared between runs: result-neutral keys dropped, ``data.data_dir``
-    resolved ("" = the default folder, symlinks and relative paths resolved)."""
+    resolved ("" = the default folder, symlinks and relative paths resolved), and of the
+    ``learner`` blocks only the chosen learner's (registering another learner, which adds its
+    block to every config, changes no run)."""
     cfg = json.loads(json.dumps(config, sort_keys=True, default=str))
+    learner = cfg.get("learner")
+    if isinstance(learner, dict) and isinstance(learner.get("name"), str):
+        cfg["learner"] = {k: v for k, v in learner.items()
+                          if not isinstance(v, dict) or k == learner["name"]}
     for dotted in _RESULT_NEUTRAL:
         *parents, leaf = dotted.split(".")
         node = cfg
@@ -173,11 +179,15 @@ class RunCheckpointer:
         return state, record
 
     def _check_config(self, record: dict, manager: ocp.CheckpointManager) -> None:
-        if record.get("config_fingerprint") != self.fingerprint:
+        # The stored config, compared as this version compares configs (a checkpoint of an
+        # older version, whose fingerprint dropped less, stays usable).
+        stored = (config_fingerprint(record["config"]) if "config" in record
+                  else record.get("config_fingerprint"))
+        if stored != self.fingerprint:
             diff = config_diff(record["config"], self.config) if "config" in record else []
             raise ValueError(
                 f"The checkpoint in {manager.directory} was written by a different config "
-                f"(fingerprint {record.get('config_fingerprint')} != {self.fingerprint}"
+                f"(fingerprint {stored} != {self.fingerprint}"
                 + ("; " + "; ".join(diff[:10]) if diff else "") + "). Use a new --workdir for a "
                 "new experiment, or re-run with the original config.")
 

@@ -68,8 +68,8 @@ def build_backbone(cfg: ml_collections.ConfigDict):
 def build_learner(cfg: ml_collections.ConfigDict, **run: Any) -> learners.Learner:
     """The registered learner ``config.learner.name`` from its block ``config.learner.<name>``.
 
-    ``run``: what the run knows (``num_classes``, ``model``, ``preprocess``). The name and
-    the block's presence are checked by ``validate.check_config``.
+    ``run``: what the run knows (``num_classes``, ``num_tasks``, ``model``, ``preprocess``).
+    The name and the block's presence are checked by ``validate.check_config``.
     Raises: ValueError for an unknown learner or a bad key.
     """
     return learners.get_learner(cfg.learner.name, cfg.learner[cfg.learner.name], **run)
@@ -125,7 +125,8 @@ class Run:
         self.transforms = transforms.get_transforms(cfg.data)
         self.model, backbone, self.preprocess = build_backbone(cfg)
         self.data = tasks.load_data(cfg)
-        self.learner = build_learner(cfg, num_classes=self.data.num_classes, model=self.model,
+        self.learner = build_learner(cfg, num_classes=self.data.num_classes,
+                                     num_tasks=len(self.data.ranges), model=self.model,
                                      preprocess=self.preprocess)
         self.tuning = tuning_config(cfg, self.learner)
         mist_cfg = self.tuning or cfg.mist

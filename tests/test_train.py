@@ -231,6 +231,15 @@ def test_data_dir_spelt_differently_is_the_same_config(tmp_path, monkeypatch):
     assert config_fingerprint(a) == config_fingerprint(b)
     c = smoke(**{"mist.select_rate": 0.05}).to_dict()
     assert config_diff(a, c) == ["mist.select_rate: 0.1 -> 0.05"]
+    # Another learner's block is not part of the run (registering a learner adds one)...
+    d = smoke().to_dict()
+    d["learner"]["ranpac"]["num_projections"] += 1
+    d["learner"]["not_yet_written"] = {"epochs": 3}
+    assert config_fingerprint(d) == config_fingerprint(a)
+    # ... the chosen learner's block is.
+    e = smoke().to_dict()
+    e["learner"]["simplecil"] = dict(e["learner"]["simplecil"], drift_compensation=True)
+    assert config_diff(a, e) == ["learner.simplecil.drift_compensation: False -> True"]
 
 
 def test_sigterm_stops_with_one_line_and_the_same_command_resumes(tmp_path):

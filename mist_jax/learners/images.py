@@ -25,7 +25,7 @@ from mist_jax import trees
 from mist_jax.learners.base import Learner
 
 PyTree = Any
-_RUN_FIELDS = ("num_classes", "model", "preprocess")
+_RUN_FIELDS = ("num_classes", "num_tasks", "model", "preprocess")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -41,8 +41,9 @@ class ImageLearner(Learner):
     * optionally ``end_task(state, task_range) -> state`` and ``optimizer()``.
 
     Fields: ``epochs`` and ``batch_size`` of the per-task loop, ``learning_rate`` of the
-    default optimizer (optax.adam), and the run's ``num_classes``, ViT ``model`` and pixel
-    ``preprocess`` (passed by ``from_config``; not config keys).
+    default optimizer (optax.adam), and the run's ``num_classes``, ``num_tasks`` (0: not
+    known), ViT ``model`` and pixel ``preprocess`` (passed by ``from_config``; not config
+    keys).
     """
 
     inputs: ClassVar[str] = "images"
@@ -50,6 +51,7 @@ class ImageLearner(Learner):
     batch_size: int = 32
     learning_rate: float = 1e-3
     num_classes: int = 0
+    num_tasks: int = 0
     model: Any = dataclasses.field(default=None, compare=False)
     preprocess: Callable = dataclasses.field(default=None, compare=False)
 
@@ -63,7 +65,7 @@ class ImageLearner(Learner):
 
     @classmethod
     def from_config(cls, config, **run) -> "ImageLearner":
-        """Build from the config block plus the run's ``num_classes``, ``model``, ``preprocess``."""
+        """Build from the config block plus the run's ``_RUN_FIELDS`` found in ``run``."""
         return cls(**{k: run[k] for k in _RUN_FIELDS if k in run}, **config.to_dict())
 
     def optimizer(self) -> optax.GradientTransformation:

@@ -1,0 +1,132 @@
+"""CODA-Prompt (mist_jax/learners/coda_prompt.py): orthogonal init of a task's components, the
+attention-weighted prompt against NumPy (paper Eq. 4-5), earlier tasks' components frozen
+(zero gradient; bitwise unchanged over a run), and the learner end to end with and without MIST."""
+
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_in_task import StopAt  # noqa: E402
+from test_train import smoke  # noqa: E402
+
+from mist_jax import interrupt, learners, train  # noqa: E402
+from mist_jax.learners.coda_prompt import CodaPrompt, orthonormal_block  # noqa: E402
+from mist_jax.models import vit  # noqa: E402
+
+
+def test_new_block_is_orthonormal_to_trained_earlier_rows():
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(7, 12)).astype(np.float32)  # rows 0-2: "trained", not orthogonal
+    out = orthonormal_block(rows, 3, 6, jax.random.PRNGKey(1))
+    np.testing.assert_array_equal(out[:3], rows[:3])
+    np.testing.assert_array_equal(out[6:], rows[6:])
+    new = out[3:6].astype(np.float64)
+    np.testing.assert_allclose(new @ new.T, np.eye(3), atol=1e-6)
+    np.testing.assert_allclose(rows[:3].astype(np.float64) @ new.T, 0, atol=1e-5)
+    with pytest.raises(ValueError, match="do not fit"):
+        orthonormal_block(rows, 3, 13, jax.random.PRNGKey(1))
+
+
+def _tiny():
+    model = vit.ViT(width=16, depth=2, num_heads=2, mlp_dim=32, patch_size=4, image_size=8)
+    learner = CodaPrompt(model=model, preprocess=lambda x: x, num_classes=6, num_tasks=3,
+                         pool_size=6, length=4, layers=(0, 1))
+    images = jax.random.uniform(jax.random.key(0), (5, 8, 8, 3))
+    backbone = model.init(jax.random.key(1), images)["params"]
+    return learner, model, images, backbone
+
+
+def test_prompt_is_the_attention_weighted_sum_of_the_task_components():
+    learner, model, images, backbone = _tiny()
+    state = learner.init(jax.random.key(2), model.width)
+    p = jax.device_get(state.params)
+    q = np.asarray(learner.query(backbone, images), np.float64)
+    norm = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+    for task, train_mode, stop in ((1, True, 4), (1, False, 2), (3, False, 6)):
+        got = np.asarray(learner.prompts(state.params, jnp.asarray(q, jnp.float32),
+                                         jnp.int32(task), train_mode))
+        for j in range(2):  # prompted block
+            want = np.zeros((5, 4, 16))
+            for b in range(5):
+                for m in range(stop):
+                    alpha = norm(q[b] * p["attention"][j, m]) @ norm(p["keys"][j, m])
+                    want[b] += alpha * p["components"][j, m]
+            np.testing.assert_allclose(got[j], want, rtol=1e-4, atol=1e-5)
+
+
+def test_only_the_current_task_components_get_gradient():
+    learner, model, images, backbone = _tiny()
+    state = learner.init(jax.random.key(2), model.width).replace(task=jnp.int32(1))
+    g = jax.grad(learner.loss)(state.params, state, backbone, images, jnp.array([2, 3, 2, 3, 2]),
+                               jnp.array([2, 4]))
+    for name in ("components", "keys", "attention"):
+        per = np.abs(np.asarray(g[name])).reshape(2, 6, -1).sum(axis=(0, 2)) > 0
+        np.testing.assert_array_equal(per, [False, False, True, True, False, False], name)
+
+
+def test_odd_length_and_too_small_pool_are_refused():
+    with pytest.raises(ValueError, match="must be even"):
+        CodaPrompt(length=5)
+    with pytest.raises(ValueError, match="no component to some"):
+        CodaPrompt(pool_size=4, num_tasks=5)
+
+
+def _config(**overrides):
+    cfg = smoke(**{"learner.name": "coda_prompt", "data.train_crop_scale": (0.5, 1.0),
+                   **overrides})
+    with cfg.unlocked():
+        cfg.learner.coda_prompt.update(layers=(0, 1), pool_size=4, length=2, epochs=3,
+                                       batch_size=10, learning_rate=0.01)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A run stepped task by task: (Run, learner params after task 0, results)."""
+    run = train.Run(_config(), tmp_path_factory.mktemp("coda") / "run", progress=False)
+    run._task(0)
+    after0 = jax.device_get(run.learner_state.params)
+    run._task(1)
+    return run, after0, run.run()
+
+
+def test_coda_with_mist_freezes_earlier_components_and_starts_new_ones_orthogonal(finished):
+    run, after0, results = finished
+    assert learners.LEARNERS["coda_prompt"] is CodaPrompt
+    assert [len(r) for r in results["acc_matrix"]] == [1, 2]
+    assert all("mi_loss_per_epoch" in t for t in results["tasks"])
+    final = jax.device_get(run.learner_state.params)
+    for name in ("components", "keys", "attention"):  # 2 components per task
+        np.testing.assert_array_equal(final[name][:, :2], after0[name][:, :2])  # task 0 frozen
+        assert not np.array_equal(final[name][:, 2:], after0[name][:, 2:])  # task 1 trained
+        for j in range(2):  # task 1's start: orthonormal to task 0's trained components
+            old = after0[name][j, :2].reshape(2, -1).astype(np.float64)
+            new = after0[name][j, 2:].reshape(2, -1).astype(np.float64)
+            np.testing.assert_allclose(old @ new.T, 0, atol=1e-4)
+            np.testing.assert_allclose(new @ new.T, np.eye(2), atol=1e-5)
+
+
+def test_coda_stopped_inside_its_epochs_resumes_bitwise(finished, tmp_path):
+    run, _, results = finished
+    wd = tmp_path / "stopped"  # boundary 13: task 0, learner epoch 1, batch 2
+    with pytest.raises(interrupt.Interrupted, match=r"learner phase, epoch 1, batch 2"):
+        train.Run(_config(), wd, progress=False, stop=StopAt(13)).run()
+    again = train.Run(_config(), wd, progress=False)
+    resumed = again.run()
+    assert resumed["acc_matrix"] == results["acc_matrix"]
+    same = jax.tree.map(np.array_equal, jax.device_get(again.learner_state),
+                        jax.device_get(run.learner_state))
+    assert all(jax.tree.leaves(same))
+
+
+def test_coda_without_mist_keeps_the_backbone_bitwise(tmp_path):
+    run = train.Run(_config(**{"mist.enabled": False}), tmp_path / "frozen", progress=False)
+    backbone0 = jax.device_get(run.params["backbone"])
+    run.run()
+    same = jax.tree.map(np.array_equal, backbone0, jax.device_get(run.params["backbone"]))
+    assert all(jax.tree.leaves(same))

@@ -1,0 +1,147 @@
+"""DualPrompt (mist_jax/learners/dualprompt.py): E-prompt choice at test time against a NumPy
+brute force, the loss against a NumPy transcription of paper Eq. 6, other tasks' E-prompts
+bitwise untouched while a task trains, and the learner end to end with and without MIST."""
+
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_in_task import StopAt  # noqa: E402
+from test_train import smoke  # noqa: E402
+
+from mist_jax import interrupt, learners, train  # noqa: E402
+from mist_jax.learners.dualprompt import DualPrompt  # noqa: E402
+from mist_jax.models import vit  # noqa: E402
+
+
+def _tiny(**kw):
+    model = vit.ViT(width=16, depth=3, num_heads=2, mlp_dim=32, patch_size=4, image_size=8)
+    learner = DualPrompt(model=model, preprocess=lambda x: x, num_classes=6, g_layers=(0,),
+                         e_layers=(1, 2), g_length=2, e_length=3, pool_size=4, **kw)
+    images = jax.random.uniform(jax.random.key(0), (5, 8, 8, 3))
+    backbone = model.init(jax.random.key(1), images)["params"]
+    return learner, model, images, backbone
+
+
+def _cos(q, k):
+    q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    return q @ (k / np.linalg.norm(k, axis=1, keepdims=True)).T
+
+
+def test_test_time_e_prompt_is_the_best_matching_trained_key():
+    learner, model, images, backbone = _tiny()
+    state = learner.init(jax.random.key(2), model.width)
+    q = np.asarray(model.apply({"params": backbone}, images, tokens="cls"), np.float64)
+    cos = _cos(q, np.asarray(state.params["keys"], np.float64))
+    for seen in (1, 2, 3):  # tasks finished: only their keys are candidates
+        st = state.replace(task=jnp.int32(seen))
+        want_ids = np.array([max(range(seen), key=lambda m: cos[b, m]) for b in range(5)])
+        want = learner.classify(st.params, backbone, images, jnp.asarray(want_ids, jnp.int32))
+        np.testing.assert_array_equal(np.asarray(learner.logits(st, backbone, images)),
+                                      np.asarray(want))
+
+
+def test_prefixes_go_to_their_blocks():
+    learner, _, _, _ = _tiny()
+    state = learner.init(jax.random.key(2), 16)
+    p = state.params
+    prefix = learner.prefix(p, jnp.array([3, 0], jnp.int32))
+    assert sorted(prefix) == [0, 1, 2]
+    np.testing.assert_array_equal(prefix[0][1], p["g_value"][0])  # G: shared, [Lg, D]
+    np.testing.assert_array_equal(prefix[2][0], p["e_key"][1][jnp.array([3, 0])])  # [B, Le, D]
+    assert prefix[1][0].shape == (2, 3, 16)
+
+
+def test_loss_is_masked_cross_entropy_minus_the_task_key_pull():
+    learner, model, images, backbone = _tiny(pull_coeff=0.5)
+    state = learner.init(jax.random.key(2), model.width).replace(task=jnp.int32(2))
+    labels, task = jnp.array([4, 5, 5, 4, 4]), jnp.array([4, 6])
+    got = float(learner.loss(state.params, state, backbone, images, labels, task))
+    logits = np.asarray(learner.classify(state.params, backbone, images,
+                                         jnp.full((5,), 2, jnp.int32)), np.float64)
+    z = logits[:, 4:6]
+    ce = np.mean(np.log(np.exp(z).sum(1)) - logits[np.arange(5), np.asarray(labels)])
+    q = np.asarray(model.apply({"params": backbone}, images, tokens="cls"), np.float64)
+    pull = _cos(q, np.asarray(state.params["keys"], np.float64))[:, 2].mean()
+    np.testing.assert_allclose(got, ce - 0.5 * pull, rtol=1e-5, atol=1e-5)
+
+
+def test_only_the_task_e_prompt_and_key_get_gradient():
+    learner, model, images, backbone = _tiny()
+    state = learner.init(jax.random.key(2), model.width).replace(task=jnp.int32(1))
+    g = jax.grad(learner.loss)(state.params, state, backbone, images,
+                               jnp.array([2, 3, 2, 3, 2]), jnp.array([2, 4]))
+    for name in ("e_key", "e_value"):
+        used = np.abs(np.asarray(g[name])).sum(axis=(0, 2, 3)) > 0  # per pool entry
+        np.testing.assert_array_equal(used, [False, True, False, False])
+    np.testing.assert_array_equal(np.abs(np.asarray(g["keys"])).sum(1) > 0,
+                                  [False, True, False, False])
+    for name in ("g_key", "g_value", "kernel"):
+        assert np.abs(np.asarray(g[name])).sum() > 0, name
+
+
+def test_bad_layers_and_a_pool_smaller_than_the_tasks_are_refused():
+    model = vit.tiny_vit(image_size=32)  # 2 blocks
+    with pytest.raises(ValueError, match="disjoint blocks"):
+        DualPrompt(model=model)  # default E-layers 2-4
+    with pytest.raises(ValueError, match="pool_size=3 is smaller than the run's 5 tasks"):
+        DualPrompt(model=model, g_layers=(0,), e_layers=(1,), pool_size=3, num_tasks=5)
+
+
+def _config(**overrides):
+    cfg = smoke(**{"learner.name": "dualprompt", "data.train_crop_scale": (0.5, 1.0),
+                   **overrides})
+    with cfg.unlocked():
+        cfg.learner.dualprompt.update(g_layers=(0,), e_layers=(1,), epochs=3, batch_size=10,
+                                      learning_rate=0.01, pool_size=4)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    run = train.Run(_config(), tmp_path_factory.mktemp("dual") / "run", progress=False)
+    state0 = jax.device_get(run.learner_state.params)
+    return run, run.run(), state0
+
+
+def test_dualprompt_with_mist_trains_one_e_prompt_per_task(finished):
+    run, results, state0 = finished
+    assert learners.LEARNERS["dualprompt"] is DualPrompt
+    assert [len(r) for r in results["acc_matrix"]] == [1, 2]
+    assert all("mi_loss_per_epoch" in t and len(t["learner_loss_per_epoch"]) == 3
+               for t in results["tasks"])
+    p = jax.device_get(run.learner_state.params)
+    assert int(run.learner_state.task) == 2
+    for m in range(4):  # two tasks: E-prompts 0 and 1 trained, 2 and 3 bitwise at init
+        for name in ("e_key", "e_value"):
+            assert np.array_equal(p[name][:, m], state0[name][:, m]) == (m >= 2), (name, m)
+        assert np.array_equal(p["keys"][m], state0["keys"][m]) == (m >= 2), m
+
+
+def test_dualprompt_stopped_inside_its_epochs_resumes_bitwise(finished, tmp_path):
+    run, results, _ = finished
+    # Task 0: 4 scoring batches, 4 MIST steps, then 3 epochs of 3 batches: boundary 13 is
+    # epoch 1, batch 2.
+    wd = tmp_path / "stopped"
+    with pytest.raises(interrupt.Interrupted, match=r"learner phase, epoch 1, batch 2"):
+        train.Run(_config(), wd, progress=False, stop=StopAt(13)).run()
+    again = train.Run(_config(), wd, progress=False)
+    resumed = again.run()
+    assert resumed["acc_matrix"] == results["acc_matrix"]
+    same = jax.tree.map(np.array_equal, jax.device_get(again.learner_state.params),
+                        jax.device_get(run.learner_state.params))
+    assert all(jax.tree.leaves(same))
+
+
+def test_dualprompt_without_mist_keeps_the_backbone_bitwise(tmp_path):
+    run = train.Run(_config(**{"mist.enabled": False}), tmp_path / "frozen", progress=False)
+    backbone0 = jax.device_get(run.params["backbone"])
+    results = run.run()
+    same = jax.tree.map(np.array_equal, backbone0, jax.device_get(run.params["backbone"]))
+    assert all(jax.tree.leaves(same))
+    assert "mi_loss_per_epoch" not in results["tasks"][0]
