@@ -27,7 +27,8 @@ only the keys of the tasks trained so far are candidates (the reference compares
 pool, whose later keys are still at their random init before their tasks). Defaults: LAMDA-
 PILOT's DualPrompt settings (G length 5 in blocks 0-1, E length 5 in blocks 2-4, pool 10,
 pull coefficient 0.1, Adam, constant learning rate, optimizer reset per task) with the L2P
-learning rate 0.03 at batch 256 scaled to batch 16.
+learning rate 0.03 at batch 256 scaled to batch 16. The 5 epochs at batch 16 are this library's
+choice for small streams, not a reference value.
 """
 
 from __future__ import annotations
