@@ -21,7 +21,8 @@ def load(path):
 
 #: Arguments that build each config file (the text after ":" in --config FILE:ARG).
 ARGS = {"paper": "dataset=cub,learner=ranpac"}
-PAPER_RUNS = [(d, l) for d in SPEC_SPLITS for l in ("simplecil", "ranpac")]
+PROMPT_LEARNERS = ("l2p", "dualprompt", "coda_prompt")
+PAPER_RUNS = [(d, l) for d in SPEC_SPLITS for l in ("simplecil", "ranpac", *PROMPT_LEARNERS)]
 
 
 def paper(arg):
@@ -56,7 +57,8 @@ def test_paper_config_follows_the_official_files(dataset, learner):
     assert cfg.data.transform == ("cars" if dataset == "cars" else "default")
     # Freeze rule of each learner's file: ranpac_mist.py torch.quantile(s, 1 - 0.0005),
     # simplecil_mist.py torch.quantile(s, 1) (each tensor's maximum).
-    assert cfg.mist.freeze_rate == {"ranpac": 0.0005, "simplecil": 0.0}[learner]
+    # Prompt learners take SimpleCIL's MIST settings (no official file exists for them).
+    assert cfg.mist.freeze_rate == (0.0005 if learner == "ranpac" else 0.0)
     # 56: ranpac's JSON; simplecil's published log (configs/paper.py docstring).
     assert cfg.mist.batch_size == 56
 
@@ -80,6 +82,28 @@ def test_paper_config_documents_every_run_and_the_published_numbers():
     assert "configs/paper.py:dataset=imagenet_r,learner=ranpac --workdir" in doc
 
 
+@pytest.mark.parametrize("learner", PROMPT_LEARNERS)
+def test_paper_prompt_learners_train_as_their_papers(learner):
+    """Adam at batch 128: L2P's 0.03 per 256 images for L2P / DualPrompt, CODA's 1e-3; 5 epochs
+    on CIFAR-100 (CODA 20), 50 on ImageNet-R; runlocal shrinks only the sizes."""
+    lr = {"l2p": 0.015, "dualprompt": 0.015, "coda_prompt": 0.001}[learner]
+    for dataset, epochs in (("cifar100", 20 if learner == "coda_prompt" else 5),
+                            ("imagenet_r", 50)):
+        block = paper(f"dataset={dataset},learner={learner}").learner[learner]
+        assert (block.batch_size, block.epochs) == (128, epochs)
+        assert block.learning_rate == pytest.approx(lr, rel=1e-12)
+    small = paper(f"dataset=cub,learner={learner},runlocal").learner[learner]
+    assert (small.epochs, small.batch_size) == (1, 8)
+    assert small.learning_rate == pytest.approx(lr, rel=1e-12)
+
+
+def test_paper_config_quotes_the_prompt_learners_published_numbers():
+    doc = load(next(p for p in CONFIGS if p.stem == "paper")).__doc__
+    for row in ("| l2p | 75.46 | 69.77 |", "| dualprompt | 73.10 | 67.18 |",
+                "| coda_prompt | 77.97 | 72.27 |"):
+        assert row in doc
+
+
 def test_named_paper_backbone_is_the_augreg_checkpoint():
     from mist_jax.models.pretrained import NAMED
     assert "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz" in \
@@ -89,9 +113,10 @@ def test_named_paper_backbone_is_the_augreg_checkpoint():
 @pytest.mark.parametrize("arg,match", [
     ("", r"needs dataset=<cifar100 \| cub .*got no dataset"),
     ("learner=ranpac", "got no dataset"),
-    ("dataset=cub", r"learner=<ranpac \| simplecil>.*got no learner"),
+    ("dataset=cub", r"learner=<ranpac \| simplecil \| l2p \| dualprompt \| coda_prompt>.*"
+                    "got no learner"),
     ("dataset=svhn,learner=ranpac", "cifar100.*got unknown dataset 'svhn'"),
-    ("dataset=cub,learner=l2p", "simplecil.*got unknown learner 'l2p'"),
+    ("dataset=cub,learner=ease", "simplecil.*got unknown learner 'ease'"),
     ("dataset=cub,learner=ranpac,big", "Unknown config argument 'big'.*dataset, learner, runlocal"),
     ("dataset=cub,learner=ranpac,seed=3", "valid keys: dataset, learner, runlocal"),
     ("dataset=cub,learner=ranpac,runlocal=maybe", "flag"),
