@@ -160,7 +160,7 @@ def test_smoke_study_resumes_only_missing_cells_and_aggregates(tmp_path, caplog)
     assert "simplecil_mist - simplecil" in again.stdout
 
 
-@pytest.mark.parametrize("name", ["smoke", "embedded_main", "embedded_ablation",
+@pytest.mark.parametrize("name", ["smoke", "embedded_main", "embedded_ablation", "embedded_learners",
                                   "paper_imagenet_r"])
 def test_shipped_studies_load_check_and_document_their_command(name):
     module = _module(f"configs/studies/{name}.py")
@@ -172,6 +172,19 @@ def test_shipped_studies_load_check_and_document_their_command(name):
     for variant, reference in study.compare:  # each comparison changes MIST, not the learner
         a, b = (st.run_config(study, v, 0, 1993) for v in (variant, reference))
         assert a.learner.name == b.learner.name and a.mist != b.mist, (variant, reference)
+
+
+@pytest.mark.parametrize("learner", ["simplecil", "ranpac", "l2p", "dualprompt", "coda_prompt"])
+def test_paper_study_cells_are_the_paper_configs(learner):
+    """Each paper_imagenet_r cell with MIST is configs/paper.py's run of that learner (seed and
+    class order aside); without MIST it differs only in mist.enabled."""
+    study = _module("configs/studies/paper_imagenet_r.py").get_config()
+    paper = _module("configs/paper.py").get_config(f"dataset=imagenet_r,learner={learner}")
+    with_mist = st.run_config(study, f"{learner}_mist", 0, 1993)
+    assert with_mist.to_dict() == paper.to_dict()
+    alone = st.run_config(study, learner, 0, 1993).to_dict()
+    alone["mist"]["enabled"] = True
+    assert alone == paper.to_dict()
 
 
 def test_the_default_jobs_table_says_one_run_and_which_seed():

@@ -1,13 +1,14 @@
-r"""The paper's ImageNet-R table for a cluster: SimpleCIL and RanPAC, each with and without MIST,
-ViT-B/16 IN21k, 10 tasks, 3 repeats (12 cells). Not run here (no accelerator, no ImageNet-R).
+r"""The paper's ImageNet-R table for a cluster: SimpleCIL, RanPAC, L2P, DualPrompt and
+CODA-Prompt, each with and without MIST, ViT-B/16 IN21k, 10 tasks, 3 repeats (30 cells). Not run
+here (no accelerator, no ImageNet-R).
 
 Each cell is ``configs/paper.py:dataset=imagenet_r,learner=...`` with ``mist.enabled`` on or
 off, run seed k and class order (1993, 1, 2)[k]; RanPAC cells take the RanPAC file's freeze
-rate. Needs the backbone file and ImageNet-R prepared as for the paper config. A SLURM array
+rate, prompt learners their papers' training (``configs/paper.py``). Needs the backbone file and ImageNet-R prepared as for the paper config. A SLURM array
 job runs one cell per task::
 
   python -m mist_jax.study --config configs/studies/paper_imagenet_r.py --workdir runs/pr --list
-  #SBATCH --array=0-11
+  #SBATCH --array=0-29
   python -m mist_jax.study --config configs/studies/paper_imagenet_r.py --workdir runs/pr \
       --cell $SLURM_ARRAY_TASK_ID
   python -m mist_jax.study --config configs/studies/paper_imagenet_r.py --workdir runs/pr \
@@ -33,9 +34,15 @@ def get_config() -> ml_collections.ConfigDict:
     c.base.unlock()
     ranpac = (f"learner.name=ranpac,mist.freeze_rate={paper.FREEZE_RATE['ranpac']},"
               f"mist.batch_size={paper.BATCH_SIZE['ranpac']}")
-    c.variants = {"simplecil": "mist.enabled=False", "simplecil_mist": "",
-                  "ranpac": ranpac + ",mist.enabled=False", "ranpac_mist": ranpac}
+    learners = {"simplecil": "learner.name=simplecil", "ranpac": ranpac}
+    for name, (lr, _, epochs) in paper.PROMPT_TRAINING.items():
+        learners[name] = (f"learner.name={name},learner.{name}.learning_rate={lr},"
+                          f"learner.{name}.batch_size=128,learner.{name}.epochs={epochs}")
+    c.variants = {}
+    for name, overrides in learners.items():
+        c.variants[name] = overrides + ",mist.enabled=False"
+        c.variants[f"{name}_mist"] = overrides
     c.repeats = ((0, 1993), (1, 1), (2, 2))
-    c.compare = (("simplecil_mist", "simplecil"), ("ranpac_mist", "ranpac"))
+    c.compare = tuple((f"{name}_mist", name) for name in learners)
     c.lock()
     return c

@@ -1,0 +1,50 @@
+r"""Embedded learners study: SimpleCIL, RanPAC, L2P, DualPrompt and CODA-Prompt, each with and
+without MIST, on embedded_main's stream, one repeat: seed 0 and the authors' order 1993 (10 cells).
+
+The stream and settings are embedded_main's (configs/default.py with 40 training images per
+class and RanPAC's M = 2000), so the SimpleCIL and RanPAC rows match that study's first repeat.
+The prompt learners use their module defaults (pool sizes, prompt lengths, layers, Adam) with
+5 epochs at batch 16. Every ``*_mist`` variant is compared (paired) with the same learner
+alone. One repeat shows what each learner does on this stream and what it costs; it is not
+evidence of a difference between methods. For error bars add repeats, e.g.
+``--config.repeats="((0, 1993), (1, 1), (2, 2))"``.
+
+All five MIST variants share one MIST trajectory per repeat (``mist.cache_dir``): MIST's work
+does not depend on the learner, the first ``*_mist`` cell tunes and the others reuse it; each
+cell's ``wall_minutes`` counts the reused MIST time, so it is what a run of its own costs.
+embedded_main's cache holds the same trajectories; pass it to skip the tuning altogether:
+
+Command::
+
+  .venv/bin/python -m mist_jax.study --config configs/studies/embedded_learners.py \
+      --workdir runs/embedded_learners \
+      [--config.base.mist.cache_dir=runs/embedded_main/_mist_cache]
+
+Cost on a 2-core CPU: not yet measured end to end.
+"""
+
+import importlib.util
+from pathlib import Path
+
+import ml_collections
+
+_spec = importlib.util.spec_from_file_location("_study_base", Path(__file__).with_name("_base.py"))
+_base = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_base)
+
+LEARNERS = ("simplecil", "ranpac", "l2p", "dualprompt", "coda_prompt")
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.base = _base.default_config()
+    c.base.learner.ranpac.num_projections = 2000  # as embedded_main
+    c.base.data.train_per_class = 40  # as embedded_main
+    c.variants = {}
+    for name in LEARNERS:
+        c.variants[name] = f"learner.name={name},mist.enabled=False"
+        c.variants[f"{name}_mist"] = f"learner.name={name}"
+    c.repeats = ((0, 1993),)
+    c.compare = tuple((f"{name}_mist", name) for name in LEARNERS)
+    c.lock()
+    return c
