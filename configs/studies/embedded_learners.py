@@ -20,7 +20,13 @@ Command::
       --workdir runs/embedded_learners \
       [--config.base.mist.cache_dir=runs/embedded_main/_mist_cache]
 
-Cost on a 2-core CPU: not yet measured end to end.
+Cost on a 2-core CPU: not yet measured end to end. Measured cell by cell (2026-12-01, jax 0.10.2,
+reusing embedded_main's cache): CODA-Prompt alone 5.6 min, DualPrompt alone 5.2 min, L2P alone
+9.6 min; with MIST the prompt learner's own part took 4.5 (CODA) and 4.4 (DualPrompt) minutes,
+to which a run of its own adds MIST's ~10 minutes (embedded_main's RanPAC + MIST cells), about
+14.5 minutes each. L2P + MIST would be about 19-20 minutes, over a 15-minute budget: L2P's
+prompt tokens (25) outnumber the 16 patch tokens at 56 px, so its steps cost about twice
+DualPrompt's.
 """
 
 import importlib.util
