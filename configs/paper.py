@@ -189,6 +189,21 @@ def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(values, type_safe=False)
 
 
+def learner_settings(dataset: str, learner: str) -> dict:
+    """What a paper run sets per learner, as dotted config keys: ``learner.name``, MIST's freeze
+    rate and batch size, and a prompt learner's lr, batch size and epochs (``runlocal`` aside).
+    Raises: KeyError for a learner not in ``FREEZE_RATE``."""
+    settings = {"learner.name": learner, "mist.freeze_rate": FREEZE_RATE[learner],
+                "mist.batch_size": BATCH_SIZE[learner]}
+    if learner in PROMPT_TRAINING:
+        lr, cifar_epochs, epochs = PROMPT_TRAINING[learner]
+        settings.update({f"learner.{learner}.learning_rate": lr,
+                         f"learner.{learner}.batch_size": 128,
+                         f"learner.{learner}.epochs": cifar_epochs if dataset == "cifar100"
+                         else epochs})
+    return settings
+
+
 def _default_config() -> ml_collections.ConfigDict:
     """The embedded default (``configs/default.py``'s ``get_config()``), loaded by file path."""
     path = Path(__file__).with_name("default.py")
@@ -229,15 +244,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         c.model.source = "vit_base_patch16_224_in21k"
         c.model.preprocess = "none"  # [0, 1] pixels, or data-side ImageNet mean/std for Cars
         c.mist.epochs = 20
-        c.mist.batch_size = BATCH_SIZE[a.learner]
-        c.mist.freeze_rate = FREEZE_RATE[a.learner]
         c.mist.learning_rate = 1e-4  # the authors' value (the embedded default uses 1e-5)
-        c.learner.name = a.learner
-        if a.learner in PROMPT_TRAINING:
-            lr, cifar_epochs, epochs = PROMPT_TRAINING[a.learner]
-            c.learner[a.learner].learning_rate = lr
-            c.learner[a.learner].batch_size = 128
-            c.learner[a.learner].epochs = cifar_epochs if a.dataset == "cifar100" else epochs
+        c.update_from_flattened_dict(learner_settings(a.dataset, a.learner))
         if a.runlocal:  # a few images per class, 2 MI epochs: checks the plumbing
             c.data.train_per_class = 4
             c.data.test_per_class = 4

@@ -32,12 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.base = paper.get_config("dataset=imagenet_r,learner=simplecil")
     c.base.unlock()
-    ranpac = (f"learner.name=ranpac,mist.freeze_rate={paper.FREEZE_RATE['ranpac']},"
-              f"mist.batch_size={paper.BATCH_SIZE['ranpac']}")
-    learners = {"simplecil": "learner.name=simplecil", "ranpac": ranpac}
-    for name, (lr, _, epochs) in paper.PROMPT_TRAINING.items():
-        learners[name] = (f"learner.name={name},learner.{name}.learning_rate={lr},"
-                          f"learner.{name}.batch_size=128,learner.{name}.epochs={epochs}")
+    learners = {name: ",".join(f"{k}={v}" for k, v in
+                               paper.learner_settings("imagenet_r", name).items())
+                for name in paper.FREEZE_RATE}
     c.variants = {}
     for name, overrides in learners.items():
         c.variants[name] = overrides + ",mist.enabled=False"
