@@ -143,7 +143,9 @@ class Run:
                                      self.mesh, out_dim)
         # MIST's per-task result, shared with runs that differ only in their learner.
         self.mist_cache = None
-        if cfg.mist.get("cache_dir") and self.tuner is not None and not self.learner.tunes_backbone:
+        # Not for learners that move the backbone themselves: MIST's input would differ.
+        if (cfg.mist.get("cache_dir") and self.tuner is not None
+                and not (self.learner.tunes_backbone or self.learner.trains_backbone)):
             self.mist_cache = checkpoint.TunedBackboneCache(cfg.mist.cache_dir, cfg.to_dict())
         backbone_sh = self.mesh.shardings(self.params)["backbone"]
         rep = self.mesh.replicated
@@ -152,6 +154,9 @@ class Run:
             in_shardings=(backbone_sh, None), out_shardings=rep)
         self._image_logits = jax.jit(self.learner.logits, out_shardings=rep) \
             if self.learner.inputs == "images" else None
+        if self.learner.inputs == "images" and self.learner.embeds:
+            embed = jax.jit(self.learner.embed, out_shardings=rep)
+            self._embed = lambda backbone, x: embed(self.learner_state, backbone, x)
         # Test features per test image, valid while the backbone is unchanged (version).
         self._backbone_version, self._test_cache = 0, None
         self.record = {"next_task": 0, "acc_matrix": [], "top1_curve": [], "top5_curve": [],
@@ -260,10 +265,13 @@ class Run:
         self._prefetchers.add(gen)
         return gen
 
-    def features(self, split: str, idx: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """float32[N, D] backbone features with the test transform (docs/algorithm.md §9)."""
+    def features(self, split: str, idx: np.ndarray, labels: np.ndarray,
+                 embed=None) -> np.ndarray:
+        """float32[N, D] backbone features with the test transform (docs/algorithm.md §9), or
+        with ``embed(backbone, images)`` (an image learner's ``embed``) float32[N, F]."""
         images = self.data.train if split == "train" else self.data.test
-        feats = [np.asarray(self._features(self.params["backbone"], x)) for x, _ in
+        embed = embed or self._features
+        feats = [np.asarray(embed(self.params["backbone"], x)) for x, _ in
                  self._batches(images, idx, labels, self.cfg.learner.eval_batch_size)]
         return np.concatenate(feats) if feats else np.zeros((0, self.model.width), np.float32)
 
@@ -420,14 +428,22 @@ class Run:
         ``run_state`` / ``resume``: as ``tune_backbone`` (image learners)."""
         learner, task_range = self.learner, self.data.ranges[t]
         if learner.inputs == "images":
+            epochs = learner.train_epochs(task_range)
             epoch_batches = lambda e, start: self._batches(
                 self.data.train, idx, labels, learner.batch_size, streams=("learner_", t, e),
-                start=start, desc=f"task {t} {learner.name} epoch {e + 1}/{learner.epochs}")
+                start=start, desc=f"task {t} {learner.name} epoch {e + 1}/{epochs}")
             at = None if run_state is None else (
                 lambda pos, get: self._boundary(t, pos, get, run_state))
-            self.learner_state, losses = learners.fit_on_images(
+            self.learner_state, losses, backbone = learners.fit_on_images(
                 learner, self.learner_state, self.params["backbone"], epoch_batches, task_range,
-                at_boundary=at, resume=resume)
+                at_boundary=at, resume=resume, steps_per_epoch=-(-len(idx) // learner.batch_size))
+            if learner.trains_backbone:
+                self.params = dict(self.params, backbone=self.mesh.place(backbone))
+                self._backbone_version += 1
+            if learner.embeds:
+                feats = self.features("train", idx, labels, embed=self._embed)
+                self.learner_state = learner.fit_features(self.learner_state, feats, labels,
+                                                          task_range)
             return {"learner_loss_per_epoch": losses}
         feats = self.features("train", idx, labels)
         if before is not None:

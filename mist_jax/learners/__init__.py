@@ -1,12 +1,14 @@
 """Learners (docs/algorithm.md §9): one registry of plug-ins, keyed by ``Learner.name``.
 
 Built in: SimpleCIL and RanPAC (freeze-based, on features), L2P, DualPrompt and CODA-Prompt
-(prompts, on images), the full fine-tuning reference.
+(prompts, on images), APER (a first-task adapter / SSF / VPT module merged with the
+backbone), the full fine-tuning reference.
 A new learner is one file (a ``Learner`` or ``ImageLearner`` subclass) plus one line below, or
 a ``register(MyLearner)`` call from your own code before the config is built; its config block
 ``config.learner.<name>`` comes from its ``default_config``.
 """
 
+from mist_jax.learners.aper import Aper, AperState
 from mist_jax.learners.base import Learner, check_task
 from mist_jax.learners.coda_prompt import CodaPrompt, CodaPromptState
 from mist_jax.learners.drift import compensate_drift
@@ -31,7 +33,7 @@ def register(cls: type[Learner]) -> type[Learner]:
     return cls
 
 
-for _builtin in (SimpleCIL, RanPAC, FineTune, L2P, DualPrompt, CodaPrompt):
+for _builtin in (SimpleCIL, RanPAC, FineTune, L2P, DualPrompt, CodaPrompt, Aper):
     register(_builtin)
 
 
@@ -61,7 +63,8 @@ def get_learner(name: str, config=None, **run) -> Learner:
                          f"{sorted(cls.default_config())}.") from e
 
 
-__all__ = ["LEARNERS", "CodaPrompt", "CodaPromptState", "DualPrompt", "DualPromptState",
+__all__ = ["LEARNERS", "Aper", "AperState", "CodaPrompt", "CodaPromptState", "DualPrompt",
+           "DualPromptState",
            "FineTune", "FineTuneState", "ImageLearner", "L2P", "L2PState", "Learner", "RanPAC",
            "RanPACState", "SimpleCIL", "SimpleCILState", "check_task", "compensate_drift",
            "fit_on_images", "get_learner", "get_learner_class", "register"]

@@ -50,6 +50,7 @@ class Learner:
     name: ClassVar[str]
     inputs: ClassVar[str] = "features"
     tunes_backbone: ClassVar[bool] = False
+    trains_backbone: ClassVar[bool] = False  # image learners only (``ImageLearner``)
 
     @classmethod
     def default_config(cls) -> ml_collections.ConfigDict:

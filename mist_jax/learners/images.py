@@ -38,7 +38,20 @@ class ImageLearner(Learner):
       and jit-able; images float32[B, S, S, 3] (train transform, not yet preprocessed),
       labels int32[B], task_range int32[2] = (start, end) of the task's classes;
     * ``logits(state, backbone, images) -> float32[N, >= num_seen]``: pure and jit-able;
-    * optionally ``end_task(state, task_range) -> state`` and ``optimizer()``.
+    * optionally ``end_task(state, task_range) -> state``, ``optimizer(steps_per_epoch)``
+      and ``train_epochs(task_range)`` (epochs on that task; default ``epochs``; APER trains
+      on the first task only).
+
+    Two optional capabilities (class attributes):
+
+    * ``embeds``: after the task's epochs and ``end_task``, the runner computes ``embed(state,
+      backbone, images) -> float32[N, F]`` (pure, jit-able) on the task's training images with
+      the test transform and calls ``fit_features(state, features, labels, task_range) ->
+      state`` (prototype classifiers: APER, EASE; SLCA's class statistics);
+    * ``trains_backbone``: the loop trains ``{"params": state.params, "backbone": backbone}``
+      (``optimizer`` gets that tree; ``loss`` gets the backbone being trained) and returns the
+      trained backbone, which the runner keeps (SLCA's slow learner). MIST, when enabled, still
+      tunes the backbone before the learner on every task.
 
     Fields: ``epochs`` and ``batch_size`` of the per-task loop, ``learning_rate`` of the
     default optimizer (optax.adam), and the run's ``num_classes``, ``num_tasks`` (0: not
@@ -47,6 +60,7 @@ class ImageLearner(Learner):
     """
 
     inputs: ClassVar[str] = "images"
+    embeds: ClassVar[bool] = False
     epochs: int = 1
     batch_size: int = 32
     learning_rate: float = 1e-3
@@ -68,8 +82,10 @@ class ImageLearner(Learner):
         """Build from the config block plus the run's ``_RUN_FIELDS`` found in ``run``."""
         return cls(**{k: run[k] for k in _RUN_FIELDS if k in run}, **config.to_dict())
 
-    def optimizer(self) -> optax.GradientTransformation:
-        """The per-task optimizer of ``params`` (default: ``optax.adam(learning_rate)``)."""
+    def optimizer(self, steps_per_epoch: int) -> optax.GradientTransformation:
+        """The per-task optimizer of ``params`` (default: ``optax.adam(learning_rate)``);
+        ``steps_per_epoch`` (batches per epoch on the task) is there for per-epoch schedules."""
+        del steps_per_epoch
         return optax.adam(self.learning_rate)
 
     def end_task(self, state, task_range: tuple[int, int]):
@@ -77,35 +93,58 @@ class ImageLearner(Learner):
         del task_range
         return state
 
+    def train_epochs(self, task_range: tuple[int, int]) -> int:
+        """Epochs of the loop on the task of classes ``task_range`` (default: ``epochs``)."""
+        del task_range
+        return self.epochs
+
+    def embed(self, state, backbone: PyTree, images: jax.Array) -> jax.Array:
+        """float32[N, F] features of images float32[N, S, S, 3] (test transform, not yet
+        preprocessed) for ``fit_features``; only learners with ``embeds`` implement it."""
+        raise NotImplementedError(f"learner {self.name!r} does not embed (embeds=False)")
+
+    def fit_features(self, state, features, labels, task_range: tuple[int, int]):
+        """Fit on ``embed``'s float32[N, F] features of the task's training images and their
+        int labels[N] in ``task_range`` (after ``end_task``); default: no change."""
+        del features, labels, task_range
+        return state
+
 
 def fit_on_images(learner: ImageLearner, state, backbone: PyTree,
                   epoch_batches: Callable[[int, int], Iterable], task_range: tuple[int, int],
                   at_boundary: Callable[[dict, Callable[[], dict]], None] | None = None,
-                  resume: dict | None = None) -> tuple[Any, list[float]]:
-    """Train ``state.params`` on one task: ``learner.epochs`` epochs of ``learner.optimizer()``
-    steps on ``learner.loss`` (backbone frozen; a fresh optimizer state per task).
+                  resume: dict | None = None, steps_per_epoch: int = 1
+                  ) -> tuple[Any, list[float], PyTree]:
+    """Train ``state.params`` on one task: ``learner.train_epochs(task_range)`` epochs of
+    ``learner.optimizer(steps_per_epoch)`` steps on ``learner.loss`` (a fresh optimizer state
+    per task; the backbone frozen, or trained with the params when ``trains_backbone``).
 
     Args:
       learner: the image learner.
       state: its state (``state.params`` is trained).
-      backbone: the ViT params (not modified).
+      backbone: the ViT params (not modified; trained on a copy when ``trains_backbone``).
       epoch_batches: ``(epoch, start) -> iterable of (images, labels)`` device batches of the
         epoch from batch ``start`` on.
       task_range: (start, end) of the task's classes.
       at_boundary: optional ``mist.Boundary`` called after each step with ``{"phase":
         "learner", "epoch": e, "batch": b}`` and a function returning the loop's state.
       resume: such a state (restored from an in-task checkpoint): continue from there bitwise.
+      steps_per_epoch: batches per epoch (``learner.optimizer``'s argument).
     Returns:
-      ``(learner.end_task(new state, task_range), mean loss per epoch)``.
+      ``(learner.end_task(new state, task_range), mean loss per epoch, backbone)``: the
+      backbone as given, or trained (``trains_backbone``).
     Raises:
       ValueError: a NaN/inf loss.
     """
-    tx, step = _compiled(learner)
+    tx, step = _compiled(learner, steps_per_epoch)
+    epochs = learner.train_epochs(task_range)
     # A private copy: the step donates its params, and ``state`` (read by in-task checkpoints)
     # keeps its own.
-    params = jax.tree.map(jnp.array, state.params)
+    params = jax.tree.map(jnp.array, {"params": state.params, "backbone": backbone}
+                          if learner.trains_backbone else state.params)
     opt_state = tx.init(params)
     bounds = jnp.asarray(task_range, jnp.int32)
+    frozen = None if learner.trains_backbone else backbone
     losses, epoch0, batch0, epoch_losses = [], 0, 0, []
     if resume is not None:
         params = jax.tree.map(jnp.asarray, trees.from_leaf_dict(params, resume["params"]))
@@ -113,11 +152,11 @@ def fit_on_images(learner: ImageLearner, state, backbone: PyTree,
         losses = [float(x) for x in np.asarray(resume["losses"]).reshape(-1)]
         epoch_losses = list(np.asarray(resume["epoch_losses"]).reshape(-1))
         epoch0, batch0 = int(resume["epoch"]), int(resume["batch"])
-    for epoch in range(epoch0, learner.epochs):
+    for epoch in range(epoch0, epochs):
         start = batch0 if epoch == epoch0 else 0
         epoch_losses = epoch_losses if epoch == epoch0 else []
         for b, (images, labels) in enumerate(epoch_batches(epoch, start), start=start + 1):
-            params, opt_state, loss = step(params, opt_state, state, backbone, images, labels,
+            params, opt_state, loss = step(params, opt_state, state, frozen, images, labels,
                                            bounds)
             epoch_losses.append(loss)
             if at_boundary is not None:
@@ -131,17 +170,26 @@ def fit_on_images(learner: ImageLearner, state, backbone: PyTree,
             raise ValueError(f"learner {learner.name!r}: loss became {mean} in epoch {epoch}; "
                              f"lower learner.{learner.name}.learning_rate.")
         losses.append(mean)
-    return learner.end_task(state.replace(params=params), task_range), losses
+    if learner.trains_backbone:
+        params, backbone = params["params"], params["backbone"]
+    return learner.end_task(state.replace(params=params), task_range), losses, backbone
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled(learner: ImageLearner) -> tuple[optax.GradientTransformation, Callable]:
-    """The learner's optimizer and jitted step, compiled once per learner (not per task)."""
-    tx = learner.optimizer()
+def _compiled(learner: ImageLearner, steps_per_epoch: int
+              ) -> tuple[optax.GradientTransformation, Callable]:
+    """The learner's optimizer and jitted step, compiled once per learner and epoch length
+    (not per task)."""
+    tx = learner.optimizer(steps_per_epoch)
+
+    def loss_fn(params, state, backbone, images, labels, bounds):
+        if learner.trains_backbone:
+            params, backbone = params["params"], params["backbone"]
+        return learner.loss(params, state, backbone, images, labels, bounds)
 
     def step(params, opt_state, state, backbone, images, labels, bounds):
-        loss, grads = jax.value_and_grad(learner.loss)(params, state, backbone, images, labels,
-                                                       bounds)
+        loss, grads = jax.value_and_grad(loss_fn)(params, state, backbone, images, labels,
+                                                  bounds)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 

@@ -1,0 +1,147 @@
+"""APER (mist_jax/learners/aper.py): the adapter (zero up-projection) and SSF (scale 1, shift 0)
+start as the identity, the merged feature is the two forwards concatenated, prototypes and
+logits against NumPy, the learning rate against torch's CosineAnnealingLR formula, and the
+learner end to end with and without MIST (module trained on the first task only, backbone
+frozen bitwise without MIST, a stopped run resumes bitwise)."""
+
+import math
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_in_task import StopAt  # noqa: E402
+from test_train import smoke  # noqa: E402
+
+from mist_jax import interrupt, learners, train  # noqa: E402
+from mist_jax.learners.aper import Aper  # noqa: E402
+from mist_jax.models import extensions, vit  # noqa: E402
+
+
+def _tiny(module="adapter", **kw):
+    model = vit.ViT(width=16, depth=2, num_heads=2, mlp_dim=32, patch_size=4, image_size=8)
+    learner = Aper(model=model, preprocess=lambda x: x, num_classes=6, module=module, ffn_num=4,
+                   **kw)
+    images = jax.random.uniform(jax.random.key(0), (3, 8, 8, 3))
+    backbone = model.init(jax.random.key(1), images)["params"]
+    return learner, model, images, backbone
+
+
+@pytest.mark.parametrize("module", ["adapter", "ssf"])
+def test_module_at_identity_init_leaves_the_features_unchanged(module):
+    learner, model, images, backbone = _tiny(module)
+    state = learner.init(jax.random.key(2), model.width)
+    identity = {"adapter": state.params["module"], "ssf": extensions.init_ssf(model)}[module]
+    if module == "adapter":  # zero up-projection: the adapter branch adds exactly 0
+        assert all(not np.any(a["up"]["kernel"]) for a in identity.values())
+    plain = model.apply({"params": backbone}, images, tokens="cls")
+    np.testing.assert_array_equal(np.asarray(learner.adapted(identity, backbone, images)),
+                                  np.asarray(plain))
+
+
+def test_merged_feature_is_plain_then_adapted():
+    learner, model, images, backbone = _tiny("vpt_shallow", prompt_token_num=3)
+    state = learner.init(jax.random.key(2), model.width)
+    prompts = state.params["module"]
+    bound = math.sqrt(6 / (3 * 4 ** 2 + 16))  # VPT's init range for patch 4, width 16
+    assert prompts.shape == (3, 16) and np.abs(np.asarray(prompts)).max() <= bound
+    plain = model.apply({"params": backbone}, images, tokens="cls")
+    adapted = model.apply({"params": backbone}, images, ext=vit.Extensions(prompts=prompts),
+                          tokens="cls")
+    want = np.concatenate([np.asarray(plain), np.asarray(adapted)], axis=1)
+    np.testing.assert_allclose(np.asarray(learner.embed(state, backbone, images)), want,
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_prototypes_are_class_means_and_logits_cosines():
+    learner, model, images, backbone = _tiny()
+    state = learner.init(jax.random.key(2), model.width)
+    rng = np.random.default_rng(0)
+    feats, labels = rng.normal(size=(9, 32)).astype(np.float32), np.array([2, 3, 2, 3, 3, 2, 2,
+                                                                              3, 3])
+    state = learner.fit_features(state, feats, labels, (2, 4))
+    protos = np.asarray(state.prototypes)
+    np.testing.assert_allclose(protos[2], feats[labels == 2].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(protos[3], feats[labels == 3].mean(0), rtol=1e-5)
+    assert not protos[[0, 1, 4, 5]].any()
+    emb = np.asarray(learner.embed(state, backbone, images), np.float64)
+    want = (emb @ protos[2].T) / (np.linalg.norm(emb, axis=1) * np.linalg.norm(protos[2]))
+    np.testing.assert_allclose(np.asarray(learner.logits(state, backbone, images))[:, 2], want,
+                               rtol=1e-5)
+
+
+def test_learning_rate_follows_cosine_annealing_per_epoch():
+    learner = Aper(epochs=4, learning_rate=0.1, min_lr=0.01, momentum=0.0, weight_decay=0.0)
+    tx = learner.optimizer(steps_per_epoch=3)
+    params = {"w": jnp.zeros(())}
+    opt = tx.init(params)
+    for step in range(12):
+        update, opt = tx.update({"w": jnp.ones(())}, opt, params)
+        epoch = step // 3  # torch: eta_min + (lr - eta_min) * (1 + cos(pi * e / T_max)) / 2
+        want = 0.01 + 0.09 * (1 + math.cos(math.pi * epoch / 4)) / 2
+        assert float(update["w"]) == pytest.approx(-want, rel=1e-6)
+
+
+def test_first_task_only_and_bad_module_is_refused():
+    learner = Aper(epochs=3)
+    assert learner.train_epochs((0, 5)) == 3 and learner.train_epochs((5, 10)) == 0
+    with pytest.raises(ValueError, match="learner.aper.module must be one of"):
+        Aper(module="vpt_deep")
+
+
+def _config(**overrides):
+    cfg = smoke(**{"learner.name": "aper", **overrides})
+    with cfg.unlocked():
+        cfg.learner.aper.update(epochs=2, batch_size=10, ffn_num=4)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    run = train.Run(_config(), tmp_path_factory.mktemp("aper") / "run", progress=False)
+    state0 = jax.device_get(run.learner_state.params)
+    return run, run.run(), state0
+
+
+def test_aper_with_mist_trains_its_module_on_the_first_task_only(finished):
+    run, results, state0 = finished
+    assert learners.LEARNERS["aper"] is Aper
+    assert [len(r) for r in results["acc_matrix"]] == [1, 2]
+    assert [len(t["learner_loss_per_epoch"]) for t in results["tasks"]] == [2, 0]
+    assert all("mi_loss_per_epoch" in t for t in results["tasks"])  # MIST on every task
+    params = jax.device_get(run.learner_state.params)
+    ups = [a["up"]["kernel"] for a in params["module"].values()]
+    assert any(np.any(u) for u in ups)  # the adapters left their zero init
+    protos = np.asarray(run.learner_state.prototypes)
+    assert protos.shape == (10, 2 * run.model.width) and np.all(np.any(protos, axis=1))
+
+
+def test_aper_stopped_inside_its_epochs_resumes_bitwise(finished, tmp_path):
+    run, results, _ = finished
+    # Task 0: 4 scoring batches, 4 MIST steps, then APER's 2 epochs of 3 batches: boundary 10
+    # is epoch 0, batch 2.
+    wd = tmp_path / "stopped"
+    with pytest.raises(interrupt.Interrupted, match=r"learner phase, epoch 0, batch 2"):
+        train.Run(_config(), wd, progress=False, stop=StopAt(10)).run()
+    again = train.Run(_config(), wd, progress=False)
+    assert again.run()["acc_matrix"] == results["acc_matrix"]
+    for a, b in zip(jax.tree.leaves(jax.device_get(again.learner_state)),
+                    jax.tree.leaves(jax.device_get(run.learner_state))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_aper_without_mist_keeps_the_backbone_and_module_after_task_0(tmp_path):
+    run = train.Run(_config(**{"mist.enabled": False}), tmp_path / "frozen", progress=False)
+    backbone0 = jax.device_get(run.params["backbone"])
+    run._task(0)
+    module0 = jax.device_get(run.learner_state.params)
+    run._task(1)
+    for before, after in ((backbone0, run.params["backbone"]),
+                          (module0, run.learner_state.params)):
+        same = jax.tree.map(np.array_equal, before, jax.device_get(after))
+        assert all(jax.tree.leaves(same))
