@@ -1,15 +1,16 @@
-r"""Embedded learners study: SimpleCIL, RanPAC, L2P, DualPrompt and CODA-Prompt, each with and
-without MIST, on embedded_main's stream, one repeat: seed 0 and the authors' order 1993 (10 cells).
+r"""Embedded learners study: SimpleCIL, RanPAC, L2P, DualPrompt, CODA-Prompt and APER, each with
+and without MIST, on embedded_main's stream, one repeat: seed 0 and the authors' order 1993
+(12 cells).
 
 The stream and settings are embedded_main's (configs/default.py with 40 training images per
 class and RanPAC's M = 2000), so the SimpleCIL and RanPAC rows match that study's first repeat.
-The prompt learners use their module defaults (pool sizes, prompt lengths, layers, Adam) with
-5 epochs at batch 16. Every ``*_mist`` variant is compared (paired) with the same learner
-alone. One repeat shows what each learner does on this stream and what it costs; it is not
-evidence of a difference between methods. For error bars add repeats, e.g.
-``--config.repeats="((0, 1993), (1, 1), (2, 2))"``.
+The image learners use their module defaults (pool sizes, prompt lengths, layers, optimizers)
+with 5 epochs at batch 16, except L2P's prompt length (``STREAM_SETTINGS``). Every ``*_mist``
+variant is compared (paired) with the same learner alone. One repeat shows what each learner
+does on this stream and what it costs; it is not evidence of a difference between methods. For
+error bars add repeats, e.g. ``--config.repeats="((0, 1993), (1, 1), (2, 2))"``.
 
-All five MIST variants share one MIST trajectory per repeat (``mist.cache_dir``): MIST's work
+All MIST variants share one MIST trajectory per repeat (``mist.cache_dir``): MIST's work
 does not depend on the learner, the first ``*_mist`` cell tunes and the others reuse it; each
 cell's ``wall_minutes`` counts the reused MIST time, so it is what a run of its own costs.
 embedded_main's cache holds the same trajectories; pass it to skip the tuning altogether:
@@ -38,7 +39,7 @@ _spec = importlib.util.spec_from_file_location("_study_base", Path(__file__).wit
 _base = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_base)
 
-LEARNERS = ("simplecil", "ranpac", "l2p", "dualprompt", "coda_prompt")
+LEARNERS = ("simplecil", "ranpac", "l2p", "dualprompt", "coda_prompt", "aper")
 #: Per-learner settings for this stream (appended to both of its variants): L2P's prompts
 #: shortened to 1 token each (top-5 of the pool: 5 prompt tokens for 16 patches; the paper's
 #: 5 x 5 = 25 tokens are 13% of ViT-B/16's 196 patches, here they would be 156%).
