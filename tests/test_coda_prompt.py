@@ -1,7 +1,9 @@
 """CODA-Prompt (mist_jax/learners/coda_prompt.py): orthogonal init of a task's components, the
 attention-weighted prompt against NumPy (paper Eq. 4-5), earlier tasks' components frozen
-(zero gradient; bitwise unchanged over a run), and the learner end to end with and without MIST."""
+(zero gradient; bitwise unchanged over a run), the reference's per-epoch cosine learning rate, and
+the learner end to end with and without MIST."""
 
+import math
 import sys
 from pathlib import Path
 
@@ -67,6 +69,16 @@ def test_only_the_current_task_components_get_gradient():
     for name in ("components", "keys", "attention"):
         per = np.abs(np.asarray(g[name])).reshape(2, 6, -1).sum(axis=(0, 2)) > 0
         np.testing.assert_array_equal(per, [False, False, True, True, False, False], name)
+
+
+def test_learning_rate_follows_the_reference_cosine_schedule_per_epoch():
+    tx = CodaPrompt(epochs=3, learning_rate=1e-3).optimizer(steps_per_epoch=2)
+    params = {"w": jnp.zeros(())}
+    opt = tx.init(params)
+    for step in range(6):  # Adam on a constant gradient 1 moves by the learning rate
+        update, opt = tx.update({"w": jnp.ones(())}, opt, params)
+        want = 1e-3 * math.cos(99 * math.pi * (step // 2) / (200 * 2))  # CODA's CosineSchedule
+        assert float(update["w"]) == pytest.approx(-want, rel=1e-4)
 
 
 def test_odd_length_and_too_small_pool_are_refused():
