@@ -72,11 +72,13 @@ runs take SimpleCIL's MIST settings (freeze rule ``mist.freeze_rate = 0.0``, bat
 train the prompts and classifier on the tuned, frozen backbone, which is also the query
 backbone. The learner's own training follows its paper: Adam, batch 128, constant learning rate
 0.03 x 128 / 256 = 0.015 for L2P and DualPrompt (L2P's rate at batch 256, scaled as the L2P
-code scales it) and 1e-3 for CODA-Prompt (constant here; the CODA paper decays it by cosine);
-5 epochs on CIFAR-100 (20 for CODA-Prompt) and 50 on the other four datasets (the DualPrompt
-and CODA papers' ImageNet-R schedule). Pool sizes, prompt lengths and layers are the learner
-modules' defaults (LAMDA-PILOT's settings). LAMDA-PILOT's own JSON files, behind the published
-numbers below, may use other epochs and learning rates. Published, ImageNet-R, 10 tasks,
+code scales it) and 1e-3 for CODA-Prompt (with the CODA code's per-epoch cosine); 5 epochs on
+CIFAR-100 (20 for CODA-Prompt) and 50 on the other four datasets (the DualPrompt and CODA
+papers' ImageNet-R schedule). Pool sizes, prompt lengths and layers are the learner modules'
+defaults (LAMDA-PILOT's settings). LAMDA-PILOT's own JSON files, behind the published numbers
+below, are not in this repository's sources; a framework derived from LAMDA-PILOT quotes its
+``l2p.json`` (CIFAR-100) as batch 16, 5 epochs, learning rate 0.001875 = 0.03 x 16 / 256, Adam,
+constant: the same rate per image as here. Published, ImageNet-R, 10 tasks,
 ViT-B/16 IN21k, without MIST, as reported in the table of the MOS paper (Sun et al., AAAI 2025;
 LAMDA-PILOT runs), average / last accuracy:
 
