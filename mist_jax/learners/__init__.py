@@ -2,7 +2,9 @@
 
 Built in: SimpleCIL and RanPAC (freeze-based, on features), L2P, DualPrompt and CODA-Prompt
 (prompts, on images), APER (a first-task adapter / SSF / VPT module merged with the
-backbone), the full fine-tuning reference.
+backbone), EASE (an adapter per task and a prototype ensemble of their subspaces),
+SLCA (a slow-learning backbone and a classifier aligned on sampled class statistics),
+the full fine-tuning reference.
 A new learner is one file (a ``Learner`` or ``ImageLearner`` subclass) plus one line below, or
 a ``register(MyLearner)`` call from your own code before the config is built; its config block
 ``config.learner.<name>`` comes from its ``default_config``.
@@ -13,11 +15,13 @@ from mist_jax.learners.base import Learner, check_task
 from mist_jax.learners.coda_prompt import CodaPrompt, CodaPromptState
 from mist_jax.learners.drift import compensate_drift
 from mist_jax.learners.dualprompt import DualPrompt, DualPromptState
+from mist_jax.learners.ease import Ease, EaseState
 from mist_jax.learners.finetune import FineTune, FineTuneState
 from mist_jax.learners.images import ImageLearner, fit_on_images
 from mist_jax.learners.l2p import L2P, L2PState
 from mist_jax.learners.ranpac import RanPAC, RanPACState
 from mist_jax.learners.simplecil import SimpleCIL, SimpleCILState
+from mist_jax.learners.slca import Slca, SlcaState
 
 LEARNERS: dict[str, type[Learner]] = {}
 
@@ -33,7 +37,8 @@ def register(cls: type[Learner]) -> type[Learner]:
     return cls
 
 
-for _builtin in (SimpleCIL, RanPAC, FineTune, L2P, DualPrompt, CodaPrompt, Aper):
+for _builtin in (SimpleCIL, RanPAC, FineTune, L2P, DualPrompt, CodaPrompt, Aper, Ease,
+                 Slca):
     register(_builtin)
 
 
@@ -63,8 +68,9 @@ def get_learner(name: str, config=None, **run) -> Learner:
                          f"{sorted(cls.default_config())}.") from e
 
 
-__all__ = ["LEARNERS", "Aper", "AperState", "CodaPrompt", "CodaPromptState", "DualPrompt",
-           "DualPromptState",
+__all__ = ["LEARNERS", "Aper", "AperState", "CodaPrompt", "CodaPromptState", "DualPrompt", "DualPromptState",
+           "Ease", "EaseState",
            "FineTune", "FineTuneState", "ImageLearner", "L2P", "L2PState", "Learner", "RanPAC",
-           "RanPACState", "SimpleCIL", "SimpleCILState", "check_task", "compensate_drift",
+           "RanPACState", "SimpleCIL", "SimpleCILState", "Slca", "SlcaState", "check_task",
+           "compensate_drift",
            "fit_on_images", "get_learner", "get_learner_class", "register"]

@@ -1,0 +1,324 @@
+"""SLCA: Slow Learner with Classifier Alignment (Zhang et al., ICCV 2023, arXiv 2303.05118).
+
+**Slow learner (SL).** On every task the whole backbone ``theta`` and a linear head ``psi``
+(``h(x) = f_theta(x) psi + b``, ``f`` = CLS feature) are trained densely with SGD on the
+cross-entropy of the task's own classes (the reference's ``logits[:, known_classes:]``, here
+``masked_cross_entropy``), the backbone at ``learning_rate * bcb_lrscale`` (paper: 1e-4 vs
+1e-2 for the head, "slow" representation learning), momentum and coupled weight decay for both
+(torch ``optim.SGD(momentum=0.9, weight_decay=5e-4)``), both rates multiplied by ``lr_decay``
+at each epoch of ``milestones`` (``MultiStepLR``). Older tasks' head columns are frozen during
+the task (the reference freezes old per-task heads: no gradient, no weight decay).
+
+**Classifier alignment (CA).** After the task, with the trained backbone, each class c of the
+task gets (test transform, reference ``_compute_class_mean``)
+
+    mu_c = mean_i f(x_i),   Sigma_c = cov(f(x_i)) + cov_reg * I
+
+(``torch.cov``: unbiased, ddof=1; ``cov_reg = 1e-4``). From the second task on, the head of all
+seen classes is re-trained for ``ca_epochs`` on features sampled anew every epoch,
+``num_sampled_pcls`` per class, ``h ~ N(s_c * mu_c, Sigma_c)`` (reference
+``_stage2_compact_classifier``), in ``num_seen`` shuffled batches of ``num_sampled_pcls``,
+with SGD(lr, momentum 0.9, weight decay 5e-4) and a per-epoch cosine schedule
+``lr_e = lr (1 + cos(pi e / ca_epochs)) / 2``, on the logit-normalised cross-entropy
+
+    CE(z / (tau * mean_k(||z_{task k}||_2 + 1e-7)), y),   tau = ca_with_logit_norm
+
+(z = logits of the seen classes; 0 disables it: plain CE).
+
+Reference code followed: GengDavid/SLCA ``models/slca.py``, ``models/base.py``
+(``_compute_class_mean``), ``convs/linears.py`` (``SimpleContinualLinear``: trunc-normal std
+0.02 heads, zero bias) and ``exps/slca/slca_{cifar,cub,imgnetr}.json``; LAMDA-PILOT's
+``models/slca.py`` is the same algorithm. Where code and paper differ the code is followed:
+
+* logit normalisation divides by the mean of per-task logit norms (code), not by the norm of
+  all logits (paper; the code computes that norm, ``norms_all``, and leaves it unused);
+* CA samples old classes around a shrunk mean, ``s_c = 0.9 + 0.1 (t_c + 1) / T`` (t_c: the
+  class's task index from 0, T: tasks seen; the current task's classes keep ``s_c = 1``), which
+  the paper does not mention;
+* the aligned head is only used for prediction: the reference backs the head up before CA and
+  restores it after evaluation (``fc.backup()`` / ``fc.recall()``), so each CA starts from the
+  slow-learner heads. ``SlcaState.params`` is that head, ``SlcaState.aligned`` the CA one.
+
+Deviations: the reference's ``t_c = c // task_size`` assumes equal tasks; here t_c is the
+task that taught class c. Weight decay of the slow learner is the gradient of a zero-valued
+term ``0.5 wd (||w||^2 - stopgrad(||w||^2))`` in the loss (torch's coupled decay, restricted
+to the backbone and the task's head columns; the logged loss stays the cross-entropy). The
+head is drawn for all classes at ``init`` (``prompting.init_head``: truncated at 2 std; timm's
+``trunc_normal_(std=.02)`` truncates at +-2, i.e. barely).
+
+Defaults: reference values for ``learning_rate`` 0.01 (code ``lrate``), ``bcb_lrscale``
+1/100, ``momentum`` 0.9, ``weight_decay`` 5e-4, ``ca_epochs`` 5, ``ca_with_logit_norm`` 0.1
+(slca_cifar.json; LAMDA-PILOT exps/slca.json uses 3 CA epochs), ``num_sampled_pcls`` 256 and
+``cov_reg`` 1e-4 (code), ``lr_decay`` 0.1 (code ``lrate_decay``). ``epochs`` 5 at
+``batch_size`` 16 and ``milestones`` (4,) are this library's small-stream choice (as L2P's;
+the decay over the last epoch, as the reference's 18 of 20 epochs on CIFAR, 40 of 50 on CUB /
+ImageNet-R), not the reference's 20-50 epochs at batch 128 (GengDavid/SLCA; LAMDA-PILOT: 64);
+the learning rate is not rescaled with the batch (the reference shares it with CA).
+
+With MIST (``mist.enabled``): the runner runs MIST before the learner on every task, so MIST
+sparse-tunes the backbone first and SLCA's slow learner then trains the whole backbone densely
+at its slow rate; its statistics and CA use that backbone. The other reading (MIST's selection
+restricting which backbone weights the slow learner may update) is not built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from mist_jax import seeds
+from mist_jax.learners.base import check_task
+from mist_jax.learners.images import ImageLearner
+from mist_jax.learners.prompting import init_head, masked_cross_entropy
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+_NORM_EPS = 1e-7  # the reference's logit-norm epsilon
+_MEAN_SHRINK = 0.1  # s_c = 1 - 0.1 + 0.1 (t_c + 1) / T (reference: 0.9 + decay)
+
+
+@struct.dataclass
+class SlcaState:
+    """``params``: the slow learner's head ``{"kernel": float32[D, C], "bias": float32[C]}``
+    (trained with the backbone); ``aligned``: the same head after classifier alignment (used by
+    ``logits``); ``means`` float32[C, D] and ``covs`` float32[C, D, D]: class statistics (rows
+    of unseen classes zero); ``task_of_class`` int32[C]: the task that taught each class (-1:
+    unseen); ``key`` uint32[2]: raw PRNG key of the CA sampling."""
+
+    params: dict
+    aligned: dict
+    means: jax.Array
+    covs: jax.Array
+    task_of_class: jax.Array
+    key: jax.Array
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Slca(ImageLearner):
+    """SLCA (module docstring). Config block ``learner.slca``: ``learning_rate`` (head; CA),
+    ``bcb_lrscale`` (backbone rate = learning_rate * bcb_lrscale; 0 freezes it),
+    ``milestones`` (epochs from which the rates are multiplied by one more ``lr_decay``),
+    ``momentum``, ``weight_decay``, ``ca_epochs`` (0: no alignment), ``ca_with_logit_norm``
+    (tau; 0: plain CE), ``num_sampled_pcls``, ``cov_reg``, and the loop's ``epochs``,
+    ``batch_size``."""
+
+    name: ClassVar[str] = "slca"
+    trains_backbone: ClassVar[bool] = True
+    embeds: ClassVar[bool] = True
+    epochs: int = 5
+    batch_size: int = 16
+    learning_rate: float = 0.01
+    bcb_lrscale: float = 0.01
+    milestones: tuple[int, ...] = (4,)
+    lr_decay: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    ca_epochs: int = 5
+    ca_with_logit_norm: float = 0.1
+    num_sampled_pcls: int = 256
+    cov_reg: float = 1e-4
+
+    def __post_init__(self):
+        object.__setattr__(self, "milestones", tuple(self.milestones))  # hashable (a list)
+        checks = {
+            "learning_rate": (self.learning_rate > 0, "a positive number (reference: 0.01)"),
+            "bcb_lrscale": (self.bcb_lrscale >= 0, ">= 0 (reference: 0.01; 0 freezes it)"),
+            "milestones": (all(a < b for a, b in zip((0, *self.milestones), self.milestones)),
+                           "strictly increasing positive epochs (reference: [18] of 20)"),
+            "lr_decay": (self.lr_decay > 0, "a positive factor (reference: 0.1)"),
+            "momentum": (0 <= self.momentum < 1, "in [0, 1) (reference: 0.9)"),
+            "weight_decay": (self.weight_decay >= 0, ">= 0 (reference: 5e-4)"),
+            "ca_epochs": (self.ca_epochs >= 0, ">= 0 (reference: 5; 0 skips alignment)"),
+            "ca_with_logit_norm": (self.ca_with_logit_norm >= 0, ">= 0 (reference: 0.1)"),
+            "num_sampled_pcls": (self.num_sampled_pcls >= 1, ">= 1 (reference: 256)"),
+            "cov_reg": (self.cov_reg >= 0, ">= 0 (reference: 1e-4)"),
+        }
+        for key, (ok, fix) in checks.items():
+            if not ok:
+                raise ValueError(f"learner.slca.{key} must be {fix}, got {getattr(self, key)}.")
+
+    def init(self, key, feature_dim: int) -> SlcaState:
+        """Head trunc-normal (std 0.02) with zero bias; empty statistics. Memory: the
+        covariances take C * D * D float32."""
+        key = seeds.raw_key(key)
+        head_key, key = jax.random.split(key)
+        head = init_head(head_key, feature_dim, self.num_classes)
+        c, d = self.num_classes, feature_dim
+        return SlcaState(params=head, aligned=head, means=jnp.zeros((c, d), jnp.float32),
+                         covs=jnp.zeros((c, d, d), jnp.float32),
+                         task_of_class=jnp.full((c,), -1, jnp.int32), key=key)
+
+    def optimizer(self, steps_per_epoch: int) -> optax.GradientTransformation:
+        """SGD with momentum on ``{"params": head, "backbone": ViT params}``: the head at
+        ``learning_rate``, the backbone at ``learning_rate * bcb_lrscale``, both times
+        ``lr_decay`` from each milestone epoch on (``steps_per_epoch`` batches per epoch;
+        weight decay is in ``loss``)."""
+        decay = {m * steps_per_epoch: self.lr_decay for m in self.milestones}
+        sgd = lambda lr: optax.sgd(optax.piecewise_constant_schedule(lr, decay),
+                                   momentum=self.momentum)
+        label = lambda tree: {k: jax.tree.map(lambda _: k, v) for k, v in tree.items()}
+        return optax.multi_transform(
+            {"params": sgd(self.learning_rate),
+             "backbone": sgd(self.learning_rate * self.bcb_lrscale)}, label)
+
+    def embed(self, state: SlcaState, backbone, images: jax.Array) -> jax.Array:
+        """float32[N, D] CLS features of images float32[N, S, S, 3] (not yet preprocessed)."""
+        del state
+        return self.model.apply({"params": backbone}, self.preprocess(images), tokens="cls")
+
+    def logits(self, state: SlcaState, backbone, images: jax.Array) -> jax.Array:
+        """float32[N, C]: CLS feature @ aligned kernel + bias."""
+        head = state.aligned
+        return self.embed(state, backbone, images) @ head["kernel"] + head["bias"]
+
+    def loss(self, params, state, backbone, images, labels, task_range) -> jax.Array:
+        """Slow-learner loss: cross-entropy over the task's classes (reference ``_run``) plus
+        the zero-valued weight-decay term of the backbone and the task's head columns."""
+        logits = self.embed(state, backbone, images) @ params["kernel"] + params["bias"]
+        classes = jnp.arange(logits.shape[-1])
+        in_task = ((classes >= task_range[0]) & (classes < task_range[1])).astype(jnp.float32)
+        task_head = {"kernel": params["kernel"] * in_task, "bias": params["bias"] * in_task}
+        return (masked_cross_entropy(logits, labels, task_range)
+                + decay_term((backbone, task_head), self.weight_decay))
+
+    def fit_features(self, state: SlcaState, features, labels, task_range) -> SlcaState:
+        """Store the statistics of the task's classes, then (from the second task on, when
+        ``ca_epochs`` > 0) align the head of all seen classes on sampled features.
+
+        Args: features float32[N, D] (``embed`` of the task's training images with the trained
+        backbone), labels int[N] in ``task_range`` = (start, end).
+        Raises:
+          ValueError: see ``base.check_task``; a task class with fewer than 2 images (no
+            covariance); a non-finite aligned head.
+        """
+        state = jax.tree.map(jnp.asarray, state)  # a restored checkpoint holds NumPy arrays
+        num_seen = int(np.sum(np.asarray(state.task_of_class) >= 0))
+        features, labels = check_task(features, labels, task_range, num_seen,
+                                      state.means.shape[1])
+        start, end = task_range
+        counts = np.bincount(labels - start, minlength=end - start)
+        if counts.min() < 2:
+            raise ValueError(f"SLCA needs >= 2 training images per class for a covariance; "
+                             f"class {start + int(counts.argmin())} has {counts.min()}.")
+        task = int(np.max(np.asarray(state.task_of_class))) + 1
+        means, covs = class_statistics(jnp.asarray(features), jnp.asarray(labels, jnp.int32),
+                                       start, end - start, self.cov_reg)
+        key, ca_key = jax.random.split(state.key)
+        state = state.replace(means=state.means.at[start:end].set(means),
+                              covs=state.covs.at[start:end].set(covs),
+                              task_of_class=state.task_of_class.at[start:end].set(task), key=key)
+        if task == 0 or self.ca_epochs == 0:
+            return state.replace(aligned=state.params)
+        aligned = align_classifier(
+            state.params, state.means, state.covs, state.task_of_class, ca_key,
+            num_seen=end, num_tasks=task + 1, epochs=self.ca_epochs,
+            samples=self.num_sampled_pcls, learning_rate=self.learning_rate,
+            momentum=self.momentum, weight_decay=self.weight_decay, tau=self.ca_with_logit_norm)
+        if not all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(aligned)):
+            raise ValueError("SLCA classifier alignment diverged (non-finite head); raise "
+                             "learner.slca.cov_reg or lower learner.slca.learning_rate.")
+        return state.replace(aligned=aligned)
+
+
+def decay_term(tree, weight_decay: float) -> jax.Array:
+    """``0.5 wd (||w||^2 - stopgrad(||w||^2))`` over the leaves of ``tree``: float32 zero whose
+    gradient is ``wd * w`` (torch SGD's coupled weight decay, added to the loss gradient)."""
+    sq = sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree))
+    return 0.5 * weight_decay * (sq - jax.lax.stop_gradient(sq))
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def class_statistics(features: jax.Array, labels: jax.Array, start: int, num: int,
+                     cov_reg: float) -> tuple[jax.Array, jax.Array]:
+    """Mean and covariance of classes start..start+num-1 (reference ``_compute_class_mean``).
+
+    Args: features float32[N, D], labels int32[N] in [start, start + num) (every class with
+    >= 2 samples), ``cov_reg`` added to the covariance diagonal.
+    Returns: ``(means float32[num, D], covs float32[num, D, D])``: ``np.mean`` and the unbiased
+    (ddof=1, ``torch.cov``) covariance + cov_reg * I, two-pass (centred) in float32.
+    """
+    onehot = jax.nn.one_hot(labels - start, num, dtype=jnp.float32)  # [N, K]
+    counts = onehot.sum(axis=0)
+    means = jnp.dot(onehot.T, features, precision=_HIGHEST) / counts[:, None]
+    centred = features - means[labels - start]
+    covs = jnp.einsum("nk,nd,ne->kde", onehot, centred, centred, precision=_HIGHEST)
+    eye = jnp.eye(features.shape[1], dtype=jnp.float32)
+    return means, covs / (counts - 1)[:, None, None] + cov_reg * eye
+
+
+def sample_features(key: jax.Array, means: jax.Array, chols: jax.Array, num: int) -> jax.Array:
+    """float32[K, num, D]: ``num`` draws per class from N(means[k], chols[k] chols[k]^T)
+    (``MultivariateNormal(mean, cov).sample``: mean + L eps, eps ~ N(0, I)).
+    means float32[K, D], chols float32[K, D, D] lower Cholesky factors."""
+    eps = jax.random.normal(key, (means.shape[0], num, means.shape[1]), jnp.float32)
+    return means[:, None] + jnp.einsum("kne,kde->knd", eps, chols, precision=_HIGHEST)
+
+
+def alignment_loss(head: dict, features: jax.Array, labels: jax.Array, task_of_class: jax.Array,
+                   num_tasks: int, tau: float) -> jax.Array:
+    """CA cross-entropy (reference ``_stage2_compact_classifier``), float32 scalar.
+
+    Args: head ``{"kernel": float32[D, S], "bias": float32[S]}`` of the S seen classes,
+    features float32[B, D], labels int32[B], task_of_class int32[S] in [0, num_tasks),
+    ``tau`` > 0: logits z are divided by tau times the mean over tasks of ``||z_task||_2 +
+    1e-7`` (gradient through the norms, as the reference); 0: plain CE.
+    """
+    z = features @ head["kernel"] + head["bias"]
+    if tau > 0:
+        members = jax.nn.one_hot(task_of_class, num_tasks, dtype=jnp.float32)  # [S, T]
+        norms = jnp.sqrt(jnp.dot(z * z, members, precision=_HIGHEST)) + _NORM_EPS
+        z = z / (tau * norms.mean(axis=-1, keepdims=True))
+    return optax.softmax_cross_entropy_with_integer_labels(z, labels).mean()
+
+
+@functools.partial(jax.jit, static_argnames=("num_seen", "num_tasks", "epochs", "samples",
+                                             "learning_rate", "momentum", "weight_decay", "tau"))
+def align_classifier(head: dict, means: jax.Array, covs: jax.Array, task_of_class: jax.Array,
+                     key: jax.Array, *, num_seen: int, num_tasks: int, epochs: int,
+                     samples: int, learning_rate: float, momentum: float, weight_decay: float,
+                     tau: float) -> dict:
+    """Classifier alignment of the first ``num_seen`` classes (reference
+    ``_stage2_compact_classifier``); the other columns are returned unchanged.
+
+    Each of ``epochs`` epochs draws ``samples`` features per class from N(s_c mu_c, Sigma_c)
+    (s_c = 0.9 + 0.1 (t_c + 1) / num_tasks), shuffles them and takes ``num_seen`` SGD steps
+    (momentum, coupled weight decay, cosine learning rate per epoch) of ``alignment_loss`` on
+    batches of ``samples``.
+
+    Args: head ``{"kernel": float32[D, C], "bias": float32[C]}``, means float32[C, D], covs
+    float32[C, D, D] (positive definite for seen classes), task_of_class int32[C], key: raw
+    PRNG key. Returns: the aligned head (same shapes; NaN if a covariance is not positive
+    definite: callers check).
+    """
+    s, d = num_seen, means.shape[1]
+    tasks = task_of_class[:s]
+    sub = {"kernel": head["kernel"][:, :s], "bias": head["bias"][:s]}
+    shrink = 1.0 - _MEAN_SHRINK + _MEAN_SHRINK * (tasks + 1) / num_tasks
+    centres, chols = means[:s] * shrink[:, None], jnp.linalg.cholesky(covs[:s])
+    schedule = lambda count: learning_rate * 0.5 * (1 + jnp.cos(jnp.pi * (count // s) / epochs))
+    tx = optax.chain(optax.add_decayed_weights(weight_decay),
+                     optax.sgd(schedule, momentum=momentum))
+
+    def step(carry, batch):
+        params, opt_state = carry
+        grads = jax.grad(alignment_loss)(params, *batch, tasks, num_tasks, tau)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), None
+
+    def epoch(carry, e):
+        sample_key, perm_key = jax.random.split(jax.random.fold_in(key, e))
+        x = sample_features(sample_key, centres, chols, samples).reshape(s * samples, d)
+        y = jnp.repeat(jnp.arange(s, dtype=jnp.int32), samples)
+        perm = jax.random.permutation(perm_key, s * samples)
+        batches = (x[perm].reshape(s, samples, d), y[perm].reshape(s, samples))
+        return jax.lax.scan(step, carry, batches)[0], None
+
+    sub = jax.lax.scan(epoch, (sub, tx.init(sub)), jnp.arange(epochs))[0][0]
+    return {"kernel": head["kernel"].at[:, :s].set(sub["kernel"]),
+            "bias": head["bias"].at[:s].set(sub["bias"])}
