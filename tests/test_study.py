@@ -81,6 +81,8 @@ def test_cells_and_run_configs_of_the_smoke_study():
     assert st.run_config(study, "simplecil_mist", 0, 1993).mist.enabled is True
     assert st.parse_overrides("learner.name=ranpac,mist.select_rate=0.05") == {
         "learner.name": "ranpac", "mist.select_rate": 0.05}
+    assert st.parse_overrides("learner.slca.milestones=(2, 3),x=[1,2],y=(4,),z=a") == {
+        "learner.slca.milestones": (2, 3), "x": [1, 2], "y": (4,), "z": "a"}
 
 
 def test_bad_study_configs_are_named():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import re
 from pathlib import Path
 
 import ml_collections
@@ -40,14 +41,19 @@ class Cell:
         return f"{self.variant}/seed{self.seed}_order{self.order}"
 
 
+#: A comma outside brackets (lookahead: no closing bracket before the next opening one).
+_TOP_LEVEL_COMMA = r",(?![^([{]*[)\]}])"
+
+
 def parse_overrides(spec: str) -> dict[str, object]:
     """``"mist.enabled=False,learner.name='ranpac'"`` -> ``{"mist.enabled": False, ...}``.
 
-    Values are Python literals (``ast.literal_eval``); a bare word is a string (``ranpac``).
+    Values are Python literals (``ast.literal_eval``; tuples and lists may hold commas:
+    ``"learner.slca.milestones=(2, 3)"``); a bare word is a string (``ranpac``).
     Raises: ValueError for an item without ``=``.
     """
     out: dict[str, object] = {}
-    for item in filter(None, (s.strip() for s in spec.split(","))):
+    for item in filter(None, (s.strip() for s in re.split(_TOP_LEVEL_COMMA, spec))):
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"variant override {item!r} is not key=value.")
