@@ -25,7 +25,7 @@ from mist_jax.models import extensions, vit  # noqa: E402
 
 def _tiny(module="adapter", **kw):
     model = vit.ViT(width=16, depth=2, num_heads=2, mlp_dim=32, patch_size=4, image_size=8)
-    learner = Aper(model=model, preprocess=lambda x: x, num_classes=6, module=module, ffn_num=4,
+    learner = Aper(model=model, preprocess=lambda x: x, num_classes=6, module=module, adapter_dim=4,
                    **kw)
     images = jax.random.uniform(jax.random.key(0), (3, 8, 8, 3))
     backbone = model.init(jax.random.key(1), images)["params"]
@@ -97,7 +97,7 @@ def test_first_task_only_and_bad_module_is_refused():
 def _config(**overrides):
     cfg = smoke(**{"learner.name": "aper", **overrides})
     with cfg.unlocked():
-        cfg.learner.aper.update(epochs=2, batch_size=10, ffn_num=4)
+        cfg.learner.aper.update(epochs=2, batch_size=10, adapter_dim=4)
     return cfg
 
 

@@ -22,7 +22,9 @@ def load(path):
 #: Arguments that build each config file (the text after ":" in --config FILE:ARG).
 ARGS = {"paper": "dataset=cub,learner=ranpac"}
 PROMPT_LEARNERS = ("l2p", "dualprompt", "coda_prompt")
-PAPER_RUNS = [(d, l) for d in SPEC_SPLITS for l in ("simplecil", "ranpac", *PROMPT_LEARNERS)]
+ADAPTER_LEARNERS = ("aper", "ease", "slca")
+PAPER_RUNS = [(d, l) for d in SPEC_SPLITS
+              for l in ("simplecil", "ranpac", *PROMPT_LEARNERS, *ADAPTER_LEARNERS)]
 
 
 def paper(arg):
@@ -57,7 +59,7 @@ def test_paper_config_follows_the_official_files(dataset, learner):
     assert cfg.data.transform == ("cars" if dataset == "cars" else "default")
     # Freeze rule of each learner's file: ranpac_mist.py torch.quantile(s, 1 - 0.0005),
     # simplecil_mist.py torch.quantile(s, 1) (each tensor's maximum).
-    # Prompt learners take SimpleCIL's MIST settings (no official file exists for them).
+    # Image learners take SimpleCIL's MIST settings (no official file exists for them).
     assert cfg.mist.freeze_rate == (0.0005 if learner == "ranpac" else 0.0)
     # 56: ranpac's JSON; simplecil's published log (configs/paper.py docstring).
     assert cfg.mist.batch_size == 56
@@ -104,6 +106,39 @@ def test_paper_config_quotes_the_prompt_learners_published_numbers():
         assert row in doc
 
 
+#: Values typed from the reference JSONs (RevisitingCIL exps/aper_adapter/*, CVPR24-Ease
+#: exps/ease_*_in21k.json, GengDavid/SLCA exps/slca/slca_*.json; SLCA's batch from its code).
+REFERENCE_JSON = {
+    ("aper", "imagenet_r"): dict(learning_rate=0.05, weight_decay=0.005, batch_size=24, epochs=20),
+    ("aper", "cifar100"): dict(learning_rate=0.01, weight_decay=0.0005, batch_size=48, epochs=20),
+    ("ease", "imagenet_r"): dict(learning_rate=0.05, batch_size=16, weight_decay=0.005,
+                                 alpha=0.1, epochs=20),
+    ("ease", "cub"): dict(learning_rate=0.008, batch_size=32, weight_decay=0.0005, alpha=0.05,
+                          epochs=20),
+    ("ease", "cifar100"): dict(learning_rate=0.025, batch_size=48, alpha=0.1, epochs=20),
+    ("slca", "cifar100"): dict(epochs=20, milestones=(18,), ca_epochs=5, batch_size=128,
+                               ca_with_logit_norm=0.1, learning_rate=0.01),
+    ("slca", "imagenet_r"): dict(epochs=50, milestones=(40,), ca_with_logit_norm=0.1),
+    ("slca", "cars"): dict(epochs=50, milestones=(40,), ca_with_logit_norm=0.05),
+}
+
+
+@pytest.mark.parametrize("learner,dataset", sorted(REFERENCE_JSON))
+def test_paper_adapter_learners_take_their_reference_json(learner, dataset):
+    block = paper(f"dataset={dataset},learner={learner}").learner[learner]
+    for key, want in REFERENCE_JSON[learner, dataset].items():
+        assert block[key] == (pytest.approx(want) if isinstance(want, float) else want), key
+    small = paper(f"dataset={dataset},learner={learner},runlocal").learner[learner]
+    assert (small.epochs, small.batch_size) == (1, 8)
+
+
+def test_paper_config_quotes_the_adapter_learners_published_numbers():
+    doc = load(next(p for p in CONFIGS if p.stem == "paper")).__doc__
+    for row in ("| aper (adapter) | 75.82 | 67.95 |", "| ease | 81.74 | 76.17 |",
+                "| slca | 81.17 | 77.00 |"):
+        assert row in doc
+
+
 def test_named_paper_backbone_is_the_augreg_checkpoint():
     from mist_jax.models.pretrained import NAMED
     assert "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz" in \
@@ -113,10 +148,10 @@ def test_named_paper_backbone_is_the_augreg_checkpoint():
 @pytest.mark.parametrize("arg,match", [
     ("", r"needs dataset=<cifar100 \| cub .*got no dataset"),
     ("learner=ranpac", "got no dataset"),
-    ("dataset=cub", r"learner=<ranpac \| simplecil \| l2p \| dualprompt \| coda_prompt>.*"
-                    "got no learner"),
+    ("dataset=cub", r"learner=<ranpac \| simplecil \| l2p \| dualprompt \| coda_prompt \| aper "
+                    r"\| ease \| slca>.*got no learner"),
     ("dataset=svhn,learner=ranpac", "cifar100.*got unknown dataset 'svhn'"),
-    ("dataset=cub,learner=ease", "simplecil.*got unknown learner 'ease'"),
+    ("dataset=cub,learner=finetune", "simplecil.*got unknown learner 'finetune'"),
     ("dataset=cub,learner=ranpac,big", "Unknown config argument 'big'.*dataset, learner, runlocal"),
     ("dataset=cub,learner=ranpac,seed=3", "valid keys: dataset, learner, runlocal"),
     ("dataset=cub,learner=ranpac,runlocal=maybe", "flag"),

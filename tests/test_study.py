@@ -176,7 +176,8 @@ def test_shipped_studies_load_check_and_document_their_command(name):
         assert a.learner.name == b.learner.name and a.mist != b.mist, (variant, reference)
 
 
-@pytest.mark.parametrize("learner", ["simplecil", "ranpac", "l2p", "dualprompt", "coda_prompt"])
+@pytest.mark.parametrize("learner", ["simplecil", "ranpac", "l2p", "dualprompt", "coda_prompt",
+                                     "aper", "ease", "slca"])
 def test_paper_study_cells_are_the_paper_configs(learner):
     """Each paper_imagenet_r cell with MIST is configs/paper.py's run of that learner (seed and
     class order aside); without MIST it differs only in mist.enabled."""

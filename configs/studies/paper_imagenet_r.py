@@ -1,14 +1,14 @@
-r"""The paper's ImageNet-R table for a cluster: SimpleCIL, RanPAC, L2P, DualPrompt and
-CODA-Prompt, each with and without MIST, ViT-B/16 IN21k, 10 tasks, 3 repeats (30 cells). Not run
-here (no accelerator, no ImageNet-R).
+r"""The paper's ImageNet-R table for a cluster: SimpleCIL, RanPAC, L2P, DualPrompt, CODA-Prompt,
+APER, EASE and SLCA, each with and without MIST, ViT-B/16 IN21k, 10 tasks, 3 repeats (48 cells).
+Not run here (no accelerator, no ImageNet-R).
 
 Each cell is ``configs/paper.py:dataset=imagenet_r,learner=...`` with ``mist.enabled`` on or
 off, run seed k and class order (1993, 1, 2)[k]; RanPAC cells take the RanPAC file's freeze
-rate, prompt learners their papers' training (``configs/paper.py``). Needs the backbone file and ImageNet-R prepared as for the paper config. A SLURM array
-job runs one cell per task::
+rate, image learners their reference training (``configs/paper.py``). Needs the backbone file
+and ImageNet-R prepared as for the paper config. A SLURM array job runs one cell per task::
 
   python -m mist_jax.study --config configs/studies/paper_imagenet_r.py --workdir runs/pr --list
-  #SBATCH --array=0-29
+  #SBATCH --array=0-47
   python -m mist_jax.study --config configs/studies/paper_imagenet_r.py --workdir runs/pr \
       --cell $SLURM_ARRAY_TASK_ID
   python -m mist_jax.study --config configs/studies/paper_imagenet_r.py --workdir runs/pr \

@@ -5,9 +5,10 @@ need", arXiv 2303.07338; first called ADAM).
 On the first task only, a parameter-efficient module ``module`` is trained with a cosine
 classifier (cross-entropy over the task's classes) on the frozen backbone:
 
-* ``adapter``: AdaptFormer bottleneck adapters in every block (``ffn_num`` = r, scale
-  ``adapter_scale``), the branch fed with the block's MLP input before LayerNorm, as the
-  reference ``vit_adapter`` (``ffn_option="parallel"``, no adapter LayerNorm, scalar 0.1);
+* ``adapter``: AdaptFormer bottleneck adapters in every block (``adapter_dim`` = r, the
+  reference's ``ffn_num``; scale ``adapter_scale``), the branch fed with the block's MLP input
+  before LayerNorm, as the reference ``vit_adapter`` (``ffn_option="parallel"``, no adapter
+  LayerNorm, scalar 0.1);
 * ``ssf``: SSF scales and shifts at every site (Lian et al. 2022), scale ~ N(1, 0.02), shift ~
   N(0, 0.02) as the reference initialises them;
 * ``vpt_shallow``: ``prompt_token_num`` prompt tokens after CLS (Jia et al. 2022), uniform in
@@ -65,14 +66,14 @@ class AperState:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Aper(ImageLearner):
     """APER (module docstring). Config block ``learner.aper``: ``module`` (one of
-    ``MODULES``), ``ffn_num`` and ``adapter_scale`` (adapter), ``prompt_token_num``
+    ``MODULES``), ``adapter_dim`` and ``adapter_scale`` (adapter), ``prompt_token_num``
     (VPT-shallow), the first task's ``epochs``, ``batch_size``, ``learning_rate``,
     ``weight_decay``, ``momentum`` and ``min_lr`` (SGD, cosine annealing per epoch)."""
 
     name: ClassVar[str] = "aper"
     embeds: ClassVar[bool] = True
     module: str = "adapter"
-    ffn_num: int = 64
+    adapter_dim: int = 64
     adapter_scale: float = 0.1
     prompt_token_num: int = 5
     epochs: int = 5
@@ -106,7 +107,7 @@ class Aper(ImageLearner):
         cosine classifier (kernel uniform ±1/sqrt(D), sigma 1) and zero prototypes."""
         km, kh = jax.random.split(key)
         if self.module == "adapter":
-            module = init_adapters(km, self.model, self.ffn_num)
+            module = init_adapters(km, self.model, self.adapter_dim)
         elif self.module == "ssf":
             module = init_ssf(self.model, key=km)
         else:
