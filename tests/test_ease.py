@@ -17,9 +17,8 @@ from test_in_task import StopAt  # noqa: E402
 from test_train import smoke  # noqa: E402
 
 from mist_jax import interrupt, learners, train  # noqa: E402
-from mist_jax.learners.ease import (Ease, complement_prototypes, cosine_epoch_schedule,  # noqa: E402
-                                    reweighted_logits)
-from mist_jax.learners.images import fit_on_images  # noqa: E402
+from mist_jax.learners.ease import Ease, complement_prototypes, reweighted_logits  # noqa: E402
+from mist_jax.learners.images import epoch_cosine, fit_on_images  # noqa: E402
 from mist_jax.models import vit  # noqa: E402
 
 
@@ -105,7 +104,7 @@ def test_logits_match_the_reference_forward_reweight(ptm):
 
 def test_learning_rate_is_a_per_epoch_cosine_to_zero():
     # torch CosineAnnealingLR(T_max=4, eta_min=0) stepped per epoch: lr * (1 + cos(pi e / 4)) / 2
-    schedule = cosine_epoch_schedule(0.05, 4, 3)
+    schedule = epoch_cosine(0.05, 4, 3)
     got = [float(schedule(jnp.asarray(n))) for n in range(12)]
     want = [0.05 * (1 + np.cos(np.pi * (n // 3) / 4)) / 2 for n in range(12)]
     np.testing.assert_allclose(got, want, rtol=1e-6)

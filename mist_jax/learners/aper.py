@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from mist_jax.learners.images import ImageLearner
+from mist_jax.learners.images import ImageLearner, epoch_cosine, torch_sgd
 from mist_jax.learners.prompting import masked_cross_entropy
 from mist_jax.learners.simplecil import class_means, cosine_logits, unit_rows
 from mist_jax.models.extensions import Extensions, init_adapters, init_ssf
@@ -93,14 +93,11 @@ class Aper(ImageLearner):
         return self.epochs if task_range[0] == 0 else 0
 
     def optimizer(self, steps_per_epoch: int) -> optax.GradientTransformation:
-        """SGD (momentum, coupled weight decay as torch.optim.SGD) with the learning rate
-        annealed by a cosine from ``learning_rate`` to ``min_lr`` over ``epochs``, constant
-        within an epoch (the reference steps ``CosineAnnealingLR`` once per epoch)."""
-        cosine = optax.cosine_decay_schedule(1.0, self.epochs, alpha=0.0)
-        schedule = lambda step: self.min_lr + (self.learning_rate - self.min_lr) * cosine(
-            step // steps_per_epoch)
-        return optax.chain(optax.add_decayed_weights(self.weight_decay),
-                           optax.sgd(schedule, momentum=self.momentum))
+        """torch SGD (momentum, coupled weight decay) with the learning rate annealed by a
+        cosine from ``learning_rate`` to ``min_lr`` over ``epochs``, once per epoch (the
+        reference's ``CosineAnnealingLR``)."""
+        return torch_sgd(epoch_cosine(self.learning_rate, self.epochs, steps_per_epoch,
+                                      self.min_lr), self.momentum, self.weight_decay)
 
     def init(self, key, feature_dim: int) -> AperState:
         """The module (adapter up-projections zero; SSF near identity; prompts uniform), the

@@ -28,7 +28,7 @@ tf63/CVPR24-Ease: the adapter (``ffn_option="parallel"`` on the block stream aft
 no LayerNorm, ``ffn_adapter_scalar=0.1``, ``lora`` init = ``extensions.init_adapters``, a fresh
 adapter per task), the ``proxy_fc`` head (``CosineLinear``: weight uniform(+-1/sqrt(D)),
 learnable scale sigma = 1 at init), SGD with momentum 0.9 and weight decay on the adapter and
-head with a per-epoch cosine learning rate down to 0 (``cosine_epoch_schedule``),
+head with a per-epoch cosine learning rate down to 0 (``images.epoch_cosine``),
 ``recalc_sim=True`` (``solve_sim_reset``: the complement of every old class in every later
 subspace is recomputed after each task from all classes of tasks >= j seen so far; ``Sim`` is a
 softmax of plain cosines, no temperature), ``use_reweight=True``, and ``use_init_ptm`` (the
@@ -65,7 +65,7 @@ import optax
 from flax import struct
 
 from mist_jax.learners.base import check_task
-from mist_jax.learners.images import ImageLearner
+from mist_jax.learners.images import ImageLearner, epoch_cosine, torch_sgd
 from mist_jax.learners.prompting import masked_cross_entropy
 from mist_jax.learners.simplecil import class_means, unit_rows
 from mist_jax.models.extensions import Extensions, init_adapters
@@ -91,17 +91,6 @@ class EaseState:
     class_task: jax.Array
     num_done: jax.Array
     key: jax.Array
-
-
-def cosine_epoch_schedule(learning_rate: float, epochs: int,
-                          steps_per_epoch: int) -> optax.Schedule:
-    """PyTorch ``CosineAnnealingLR(T_max=epochs, eta_min=0)`` stepped once per epoch (the
-    reference ``get_scheduler("cosine")`` with ``min_lr`` 0): step n uses
-    ``learning_rate * (1 + cos(pi * (n // steps_per_epoch) / epochs)) / 2``."""
-    def schedule(step):
-        epoch = (step // max(steps_per_epoch, 1)).astype(jnp.float32)
-        return learning_rate * 0.5 * (1.0 + jnp.cos(jnp.pi * epoch / max(epochs, 1)))
-    return schedule
 
 
 def unstack_adapter(stacked: dict, depth: int) -> dict:
@@ -202,11 +191,10 @@ class Ease(ImageLearner):
         return self.num_tasks + int(self.use_init_ptm)
 
     def optimizer(self, steps_per_epoch: int) -> optax.GradientTransformation:
-        """PyTorch ``SGD(lr, momentum, weight_decay)`` (L2 added to the gradient, then
-        momentum; reference ``get_optimizer("sgd")``) with ``cosine_epoch_schedule``."""
-        schedule = cosine_epoch_schedule(self.learning_rate, self.epochs, steps_per_epoch)
-        return optax.chain(optax.add_decayed_weights(self.weight_decay),
-                           optax.sgd(schedule, momentum=self.momentum))
+        """PyTorch ``SGD(lr, momentum, weight_decay)`` (reference ``get_optimizer("sgd")``)
+        with the per-epoch cosine to 0 (``images.epoch_cosine``)."""
+        return torch_sgd(epoch_cosine(self.learning_rate, self.epochs, steps_per_epoch),
+                         self.momentum, self.weight_decay)
 
     def fresh_params(self, raw_key: jax.Array, task: int | jax.Array) -> dict:
         """Task ``task``'s initial params from ``fold_in(raw_key, task)``: a zero-output

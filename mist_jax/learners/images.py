@@ -110,6 +110,26 @@ class ImageLearner(Learner):
         return state
 
 
+def epoch_cosine(learning_rate: float, epochs: int, steps_per_epoch: int,
+                 min_lr: float = 0.0) -> optax.Schedule:
+    """PyTorch ``CosineAnnealingLR(T_max=epochs, eta_min=min_lr)`` stepped once per epoch:
+    step n has ``min_lr + (learning_rate - min_lr) * (1 + cos(pi e / epochs)) / 2`` with
+    ``e = n // steps_per_epoch`` (APER's and EASE's reference schedule)."""
+    def schedule(step):
+        epoch = (step // max(steps_per_epoch, 1)).astype(jnp.float32)
+        cosine = 0.5 * (1.0 + jnp.cos(jnp.pi * epoch / max(epochs, 1)))
+        return min_lr + (learning_rate - min_lr) * cosine
+    return schedule
+
+
+def torch_sgd(learning_rate: optax.ScalarOrSchedule, momentum: float, weight_decay: float
+              ) -> optax.GradientTransformation:
+    """``torch.optim.SGD(lr, momentum, weight_decay)``: the L2 term added to the gradient
+    before momentum (coupled decay), then ``p -= lr * buf``."""
+    return optax.chain(optax.add_decayed_weights(weight_decay),
+                       optax.sgd(learning_rate, momentum=momentum or None))
+
+
 def fit_on_images(learner: ImageLearner, state, backbone: PyTree,
                   epoch_batches: Callable[[int, int], Iterable], task_range: tuple[int, int],
                   at_boundary: Callable[[dict, Callable[[], dict]], None] | None = None,
