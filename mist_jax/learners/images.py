@@ -165,6 +165,7 @@ def fit_on_images(learner: ImageLearner, state, backbone: PyTree,
     opt_state = tx.init(params)
     bounds = jnp.asarray(task_range, jnp.int32)
     frozen = None if learner.trains_backbone else backbone
+    fixed = None  # (state, bounds), placed on the mesh at the first step
     losses, epoch0, batch0, epoch_losses = [], 0, 0, []
     if resume is not None:
         params = jax.tree.map(jnp.asarray, trees.from_leaf_dict(params, resume["params"]))
@@ -176,8 +177,11 @@ def fit_on_images(learner: ImageLearner, state, backbone: PyTree,
         start = batch0 if epoch == epoch0 else 0
         epoch_losses = epoch_losses if epoch == epoch0 else []
         for b, (images, labels) in enumerate(epoch_batches(epoch, start), start=start + 1):
-            params, opt_state, loss = step(params, opt_state, state, frozen, images, labels,
-                                           bounds)
+            if fixed is None:  # first step: everything on the batches' mesh
+                params, opt_state, fixed = _on_mesh_of(images, (params, opt_state,
+                                                                (state, bounds)))
+            params, opt_state, loss = step(params, opt_state, fixed[0], frozen, images, labels,
+                                           fixed[1])
             epoch_losses.append(loss)
             if at_boundary is not None:
                 at_boundary({"phase": "learner", "epoch": epoch, "batch": b}, lambda: {
@@ -193,6 +197,19 @@ def fit_on_images(learner: ImageLearner, state, backbone: PyTree,
     if learner.trains_backbone:
         params, backbone = params["params"], params["backbone"]
     return learner.end_task(state.replace(params=params), task_range), losses, backbone
+
+
+def _on_mesh_of(batch: jax.Array, tree: PyTree) -> PyTree:
+    """The leaves of ``tree`` not yet on a mesh, replicated on ``batch``'s mesh (when it has
+    one): the step's outputs live there, so its inputs must too, or the first step of each
+    task compiles a second time. Leaves already on a mesh (an FSDP backbone) keep theirs."""
+    sharding = getattr(batch, "sharding", None)
+    if not isinstance(sharding, jax.sharding.NamedSharding):
+        return tree
+    rep = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    return jax.tree.map(lambda x: x if isinstance(getattr(x, "sharding", None),
+                                                  jax.sharding.NamedSharding)
+                        else jax.device_put(x, rep), tree)
 
 
 @functools.lru_cache(maxsize=8)
