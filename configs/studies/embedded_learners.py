@@ -5,7 +5,7 @@ order 1993 (16 cells).
 The stream and settings are embedded_main's (configs/default.py with 40 training images per
 class and RanPAC's M = 2000), so the SimpleCIL and RanPAC rows match that study's first repeat.
 The image learners use their module defaults (pool sizes, prompt lengths, layers, optimizers)
-with 5 epochs at batch 16, except for ``STREAM_SETTINGS``. Every ``*_mist``
+(5 epochs at batch 16; EASE and SLCA 3), except for ``STREAM_SETTINGS``. Every ``*_mist``
 variant is compared (paired) with the same learner alone. One repeat shows what each learner
 does on this stream and what it costs; it is not evidence of a difference between methods. For
 error bars add repeats, e.g. ``--config.repeats="((0, 1993), (1, 1), (2, 2))"``.
@@ -43,10 +43,7 @@ LEARNERS = ("simplecil", "ranpac", "l2p", "dualprompt", "coda_prompt", "aper", "
 #: Per-learner settings for this stream (appended to both of its variants): L2P's prompts
 #: shortened to 1 token each (top-5 of the pool: 5 prompt tokens for 16 patches; the paper's
 #: 5 x 5 = 25 tokens are 13% of ViT-B/16's 196 patches, here they would be 156%).
-#: EASE and SLCA train 3 epochs instead of 5 (SLCA's lr decay in the last), so that a run with
-#: MIST, about 10 minutes of which are MIST's, stays within 15 minutes.
-STREAM_SETTINGS = {"l2p": ",learner.l2p.length=1", "ease": ",learner.ease.epochs=3",
-                   "slca": ",learner.slca.epochs=3,learner.slca.milestones=(2,)"}
+STREAM_SETTINGS = {"l2p": ",learner.l2p.length=1"}
 
 
 def get_config() -> ml_collections.ConfigDict:
