@@ -139,6 +139,8 @@ from pathlib import Path
 
 import ml_collections
 
+from mist_jax import learners
+
 #: dataset -> (TFDS name, init_cls, increment, data.transform); exps/*/<dataset>_*.json and
 #: utils/data.py of the official code.
 BENCHMARKS = {
@@ -279,6 +281,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c = _default_config()
     name, init_cls, increment, transform = BENCHMARKS[a.dataset]
     with c.unlocked():
+        for learner_name, cls in learners.LEARNERS.items():  # reference values, not the
+            c.learner[learner_name] = cls.default_config()  # embedded stream's (L2P length)
         c.compare_baseline = False
         c.checkpoint_every_steps = 200  # a paper task is minutes of accelerator time
         c.data.name = name

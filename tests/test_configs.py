@@ -97,6 +97,9 @@ def test_paper_prompt_learners_train_as_their_papers(learner):
     small = paper(f"dataset=cub,learner={learner},runlocal").learner[learner]
     assert (small.epochs, small.batch_size) == (1, 8)
     assert small.learning_rate == pytest.approx(lr, rel=1e-12)
+    if learner == "l2p":  # the reference's 5 tokens per prompt; 1 on the 56 px default
+        assert small.length == 5 and load(CONFIGS[0].with_name("default.py")).get_config(
+            ).learner.l2p.length == 1
 
 
 def test_paper_config_quotes_the_prompt_learners_published_numbers():

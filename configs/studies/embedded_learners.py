@@ -4,11 +4,12 @@ order 1993 (16 cells).
 
 The stream and settings are embedded_main's (configs/default.py with 40 training images per
 class and RanPAC's M = 2000), so the SimpleCIL and RanPAC rows match that study's first repeat.
-The image learners use their module defaults (pool sizes, prompt lengths, layers, optimizers)
-(5 epochs at batch 16; EASE and SLCA 3), except for ``STREAM_SETTINGS``. Every ``*_mist``
-variant is compared (paired) with the same learner alone. One repeat shows what each learner
-does on this stream and what it costs; it is not evidence of a difference between methods. For
-error bars add repeats, e.g. ``--config.repeats="((0, 1993), (1, 1), (2, 2))"``.
+The image learners use their module defaults (pool sizes, prompt lengths, layers, optimizers;
+5 epochs at batch 16, EASE and SLCA 3) and configs/default.py's L2P prompt length of 1 token
+at 56 px. Every ``*_mist`` variant is compared (paired) with the same learner alone. One repeat
+shows what each learner does on this stream and what it costs; it is not evidence of a
+difference between methods. For error bars add repeats, e.g.
+``--config.repeats="((0, 1993), (1, 1), (2, 2))"``.
 
 All MIST variants share one MIST trajectory per repeat (``mist.cache_dir``): MIST's work
 does not depend on the learner, the first ``*_mist`` cell tunes and the others reuse it; each
@@ -40,10 +41,6 @@ _base = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_base)
 
 LEARNERS = ("simplecil", "ranpac", "l2p", "dualprompt", "coda_prompt", "aper", "ease", "slca")
-#: Per-learner settings for this stream (appended to both of its variants): L2P's prompts
-#: shortened to 1 token each (top-5 of the pool: 5 prompt tokens for 16 patches; the paper's
-#: 5 x 5 = 25 tokens are 13% of ViT-B/16's 196 patches, here they would be 156%).
-STREAM_SETTINGS = {"l2p": ",learner.l2p.length=1"}
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -53,9 +50,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.base.data.train_per_class = 40  # as embedded_main
     c.variants = {}
     for name in LEARNERS:
-        extra = STREAM_SETTINGS.get(name, "")
-        c.variants[name] = f"learner.name={name},mist.enabled=False{extra}"
-        c.variants[f"{name}_mist"] = f"learner.name={name}{extra}"
+        c.variants[name] = f"learner.name={name},mist.enabled=False"
+        c.variants[f"{name}_mist"] = f"learner.name={name}"
     c.repeats = ((0, 1993),)
     c.compare = tuple((f"{name}_mist", name) for name in LEARNERS)
     c.lock()
