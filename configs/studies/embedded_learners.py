@@ -22,13 +22,12 @@ Command::
       --workdir runs/embedded_learners \
       [--config.base.mist.cache_dir=runs/embedded_main/_mist_cache]
 
-Cost on a 2-core CPU: not yet measured end to end. Measured cell by cell (2026-12-01, jax 0.10.2,
-reusing embedded_main's cache): CODA-Prompt alone 5.6 min, DualPrompt alone 5.2 min, L2P alone
-9.6 min; with MIST the prompt learner's own part took 4.5 (CODA) and 4.4 (DualPrompt) minutes,
-to which a run of its own adds MIST's ~10 minutes (embedded_main's RanPAC + MIST cells), about
-14.5 minutes each. L2P + MIST would be about 19-20 minutes, over a 15-minute budget: L2P's
-prompt tokens (25) outnumber the 16 patch tokens at 56 px, so its steps cost about twice
-DualPrompt's.
+Cost on a 2-core CPU (2026-11-30 to 12-01, jax 0.10.2, reusing embedded_main's cache): the 16
+cells' ``wall_minutes`` sum to 154 min, 9.25 of each ``*_mist`` cell but SLCA's being reused
+MIST time that was not spent (about 90 min of compute; the cells ran in three sittings). Alone: SimpleCIL 0.6, RanPAC 0.7, DualPrompt 5.0, APER 4.9, SLCA 5.5, L2P 7.2,
+CODA-Prompt 8.9 (alongside unit tests), EASE 9.0. A MIST run afresh on this stream takes 6.8
+min (measured in ``slca_mist``, 13.7 in all), so a run of its own with MIST costs 11-13.5 min,
+except EASE + MIST, about 15.8 (EASE's test-time cost grows with the square of the tasks).
 """
 
 import importlib.util
