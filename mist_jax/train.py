@@ -438,7 +438,7 @@ class Run:
                 learner, self.learner_state, self.params["backbone"], epoch_batches, task_range,
                 at_boundary=at, resume=resume, steps_per_epoch=-(-len(idx) // learner.batch_size))
             if learner.trains_backbone:
-                self.params = dict(self.params, backbone=self.mesh.place(backbone))
+                self.params = self.mesh.place(dict(self.params, backbone=backbone))
                 self._backbone_version += 1
             if learner.embeds:
                 feats = self.features("train", idx, labels, embed=self._embed)
