@@ -109,10 +109,6 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # At 56 px the ViT sees 16 patches: L2P's top-5 prompts of 5 tokens (25 tokens, 13% of
     # ViT-B/16's 196 patches at 224 px) would outnumber them; 1 token each keeps 5.
     c.learner.l2p.length = 1
-    # MIST's backbone rate here is 1e-5, a tenth of the paper's 1e-4 (mist.learning_rate);
-    # SLCA's slow learner gets the same tenth (1e-5 = 0.01 x 0.001): at the reference's 1e-4
-    # its dense updates wreck the 56 px DINOv2 features (old tasks fall to 0-15%).
-    c.learner.slca.bcb_lrscale = 0.001
 
     if arg == "smoke":  # tiny random ViT: a seconds-long end-to-end run for tests
         c.model.source = "tiny"
