@@ -135,7 +135,7 @@ def test_get_learner_registry():
     assert isinstance(get_learner("simplecil"), SimpleCIL)
     assert get_learner("ranpac", ConfigDict({"num_projections": 16})).num_projections == 16
     with pytest.raises(ValueError, match="Unknown learner"):
-        get_learner("ease")
+        get_learner("no_such_learner")
     with pytest.raises(ValueError, match="Bad config"):
         get_learner("ranpac", ConfigDict({"M": 3}))
 
