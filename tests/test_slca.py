@@ -89,6 +89,9 @@ def test_one_step_moves_the_backbone_slowly_and_only_the_task_head():
     learner, model = _tiny(learning_rate=0.1, bcb_lrscale=0.01, weight_decay=0.05)
     images = jax.random.uniform(jax.random.key(0), (4, 8, 8, 3))
     backbone = jax.jit(model.init)(jax.random.key(1), images)["params"]
+    # A "pre-trained" final norm that SLCA must not use (it trains a fresh one).
+    backbone["encoder_norm"] = {"scale": 2 + jax.random.uniform(jax.random.key(3), (16,)),
+                                "bias": jax.random.normal(jax.random.key(4), (16,))}
     state = learner.init(jax.random.key(2), model.width)
     labels, task = jnp.array([2, 3, 3, 2]), jnp.array([2, 4])
     params = {"params": state.params, "backbone": backbone}
@@ -103,17 +106,27 @@ def test_one_step_moves_the_backbone_slowly_and_only_the_task_head():
     new = step(params)
 
     def ce(p):  # the task's cross-entropy, written out (no weight decay)
-        z = model.apply({"params": p["backbone"]}, images, tokens="cls") @ p["params"]["kernel"]
-        z = (z + p["params"]["bias"])[:, 2:4]
+        x = model.apply({"params": p["backbone"]}, images, tokens="cls")  # pre-trained norm
+        g, b = p["backbone"]["encoder_norm"]["scale"], p["backbone"]["encoder_norm"]["bias"]
+        standardised = (x - b) / g  # (CLS - mean) / sqrt(var + eps) before any affine
+        f = standardised * p["params"]["norm"]["scale"] + p["params"]["norm"]["bias"]
+        z = (f @ p["params"]["head"]["kernel"] + p["params"]["head"]["bias"])[:, 2:4]
         return jnp.mean(jax.nn.logsumexp(z, -1) - z[jnp.arange(4), labels - 2])
 
     g = jax.jit(jax.grad(ce))(params)
-    # First SGD step (momentum buffer = gradient): w - lr * (g + wd * w), torch's coupled decay.
-    want_bb = jax.tree.map(lambda w, d: w - 0.1 * 0.01 * (d + 0.05 * w), backbone, g["backbone"])
+    # First SGD step (momentum buffer = gradient): w - lr * (g + wd * w), torch's coupled decay;
+    # the backbone and SLCA's norm at the slow rate; the pre-trained encoder_norm is not used.
+    slow = lambda w, d: w - 0.1 * 0.01 * (d + 0.05 * w)
+    want_bb = dict(jax.tree.map(slow, backbone, g["backbone"]),
+                   encoder_norm=backbone["encoder_norm"])
     for got, want in zip(jax.tree.leaves(new["backbone"]), jax.tree.leaves(want_bb)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
-    k0, k1 = np.asarray(state.params["kernel"]), np.asarray(new["params"]["kernel"])
-    gk = np.asarray(g["params"]["kernel"])
+    norm0 = {"scale": np.ones(16), "bias": np.zeros(16)}
+    for key in norm0:
+        np.testing.assert_allclose(new["params"]["norm"][key],
+                                   slow(norm0[key], g["params"]["norm"][key]), rtol=1e-5, atol=1e-7)
+    k0, k1 = np.asarray(state.params["head"]["kernel"]), np.asarray(new["params"]["head"]["kernel"])
+    gk = np.asarray(g["params"]["head"]["kernel"])
     np.testing.assert_allclose(k1[:, 2:4], k0[:, 2:4] - 0.1 * (gk[:, 2:4] + 0.05 * k0[:, 2:4]),
                                rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(np.delete(k1, [2, 3], axis=1), np.delete(k0, [2, 3], axis=1))
@@ -126,13 +139,15 @@ def test_milestones_decay_both_learning_rates_per_epoch():
     learner, _ = _tiny(learning_rate=1.0, bcb_lrscale=0.01, momentum=0.0, milestones=(1, 2),
                        lr_decay=0.5)
     tx = learner.optimizer(steps_per_epoch=2)
-    params = {"params": {"w": jnp.zeros(())}, "backbone": {"w": jnp.zeros(())}}
+    params = {"params": {"head": {"w": jnp.zeros(())}, "norm": {"w": jnp.zeros(())}},
+              "backbone": {"w": jnp.zeros(())}}
     grads = jax.tree.map(jnp.ones_like, params)
     opt_state, steps = tx.init(params), []
     for _ in range(6):
         updates, opt_state = tx.update(grads, opt_state, params)
-        steps.append((float(updates["params"]["w"]), float(updates["backbone"]["w"])))
-    want = [(-1, -0.01)] * 2 + [(-0.5, -0.005)] * 2 + [(-0.25, -0.0025)] * 2
+        steps.append((float(updates["params"]["head"]["w"]), float(updates["backbone"]["w"]),
+                      float(updates["params"]["norm"]["w"])))
+    want = [(-1, -0.01, -0.01)] * 2 + [(-0.5, -0.005, -0.005)] * 2 + [(-0.25, -0.0025, -0.0025)] * 2
     np.testing.assert_allclose(steps, want, rtol=1e-6)
 
 
@@ -190,7 +205,7 @@ def test_slca_with_mist_trains_the_backbone_and_aligns_the_head(finished):
         assert "mi_loss_per_epoch" in task  # MIST tuned the backbone before SLCA
     state = run.learner_state
     np.testing.assert_array_equal(state.task_of_class, [0] * 5 + [1] * 5)
-    assert _changed(state.aligned, state.params)  # CA after task 1
+    assert _changed(state.aligned, state.params["head"])  # CA after task 1
     assert np.all(np.isfinite(np.asarray(state.covs)))
 
 

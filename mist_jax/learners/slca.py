@@ -37,9 +37,20 @@ Reference code followed: GengDavid/SLCA ``models/slca.py``, ``models/base.py``
   the paper does not mention;
 * the aligned head is only used for prediction: the reference backs the head up before CA and
   restores it after evaluation (``fc.backup()`` / ``fc.recall()``), so each CA starts from the
-  slow-learner heads. ``SlcaState.params`` is that head, ``SlcaState.aligned`` the CA one.
+  slow-learner heads. ``SlcaState.params["head"]`` is that head, ``SlcaState.aligned`` the CA
+  one.
 
-Deviations: the reference's ``t_c = c // task_size`` assumes equal tasks; here t_c is the
+The reference's backbone (``convs/vits.py``: ``del model.norm; model.norm =
+nn.LayerNorm(768)``) replaces the pre-trained final LayerNorm with a fresh one (scale 1, shift
+0), trained with the backbone at the slow rate; so here ``f`` is the CLS token through SLCA's
+own final norm ``params["norm"]`` (the pre-trained ``encoder_norm`` is unused by SLCA and left
+as it is). This matters: the features then have norm ~sqrt(D) (19.6 for ViT-S) instead of the
+pre-trained norm's (39.6 for the embedded DINOv2 ViT-S/14 at 56 px), and at the reference's head
+rate of 0.01 the larger features made the slow learner diverge on its first task (epoch-mean
+loss 4.6 for 5 classes, task-0 accuracy 53.8% vs 70.6% with the fresh norm; one seed).
+
+Deviations: the LayerNorm epsilon is the model's (1e-6) rather than torch's default 1e-5; the
+reference's ``t_c = c // task_size`` assumes equal tasks; here t_c is the
 task that taught class c. Weight decay of the slow learner is the gradient of a zero-valued
 term ``0.5 wd (||w||^2 - stopgrad(||w||^2))`` in the loss (torch's coupled decay, restricted
 to the backbone and the task's head columns; the logged loss stays the cross-entropy). The
@@ -86,9 +97,10 @@ _MEAN_SHRINK = 0.1  # s_c = 1 - 0.1 + 0.1 (t_c + 1) / T (reference: 0.9 + decay)
 
 @struct.dataclass
 class SlcaState:
-    """``params``: the slow learner's head ``{"kernel": float32[D, C], "bias": float32[C]}``
-    (trained with the backbone); ``aligned``: the same head after classifier alignment (used by
-    ``logits``); ``means`` float32[C, D] and ``covs`` float32[C, D, D]: class statistics (rows
+    """``params``: ``{"head": {"kernel": float32[D, C], "bias": float32[C]}, "norm":
+    {"scale": float32[D], "bias": float32[D]}}``, the slow learner's head and SLCA's own final
+    LayerNorm (both trained with the backbone; the norm at the backbone's rate); ``aligned``:
+    the head after classifier alignment (used by ``logits``); ``means`` float32[C, D] and ``covs`` float32[C, D, D]: class statistics (rows
     of unseen classes zero); ``task_of_class`` int32[C]: the task that taught each class (-1:
     unseen); ``key`` uint32[2]: raw PRNG key of the CA sampling."""
 
@@ -145,33 +157,44 @@ class Slca(ImageLearner):
                 raise ValueError(f"learner.slca.{key} must be {fix}, got {getattr(self, key)}.")
 
     def init(self, key, feature_dim: int) -> SlcaState:
-        """Head trunc-normal (std 0.02) with zero bias; empty statistics. Memory: the
-        covariances take C * D * D float32."""
+        """Head trunc-normal (std 0.02) with zero bias; a fresh final LayerNorm (scale 1,
+        shift 0: reference ``nn.LayerNorm(768)``); empty statistics. Memory: the covariances
+        take C * D * D float32."""
         key = seeds.raw_key(key)
         head_key, key = jax.random.split(key)
         head = init_head(head_key, feature_dim, self.num_classes)
         c, d = self.num_classes, feature_dim
-        return SlcaState(params=head, aligned=head, means=jnp.zeros((c, d), jnp.float32),
+        norm = {"scale": jnp.ones((d,), jnp.float32), "bias": jnp.zeros((d,), jnp.float32)}
+        return SlcaState(params={"head": head, "norm": norm}, aligned=head, means=jnp.zeros((c, d), jnp.float32),
                          covs=jnp.zeros((c, d, d), jnp.float32),
                          task_of_class=jnp.full((c,), -1, jnp.int32), key=key)
 
     def optimizer(self, steps_per_epoch: int) -> optax.GradientTransformation:
-        """SGD with momentum on ``{"params": head, "backbone": ViT params}``: the head at
-        ``learning_rate``, the backbone at ``learning_rate * bcb_lrscale``, both times
+        """SGD with momentum on ``{"params": {"head", "norm"}, "backbone": ViT params}``: the
+        head at ``learning_rate``, the backbone and SLCA's norm at ``learning_rate *
+        bcb_lrscale``, both times
         ``lr_decay`` from each milestone epoch on (``steps_per_epoch`` batches per epoch;
         weight decay is in ``loss``)."""
         decay = {m * steps_per_epoch: self.lr_decay for m in self.milestones}
         sgd = lambda lr: optax.sgd(optax.piecewise_constant_schedule(lr, decay),
                                    momentum=self.momentum)
-        label = lambda tree: {k: jax.tree.map(lambda _: k, v) for k, v in tree.items()}
+        label = lambda tree: {
+            "params": {"head": jax.tree.map(lambda _: "params", tree["params"]["head"]),
+                       "norm": jax.tree.map(lambda _: "backbone", tree["params"]["norm"])},
+            "backbone": jax.tree.map(lambda _: "backbone", tree["backbone"])}
         return optax.multi_transform(
             {"params": sgd(self.learning_rate),
              "backbone": sgd(self.learning_rate * self.bcb_lrscale)}, label)
 
     def embed(self, state: SlcaState, backbone, images: jax.Array) -> jax.Array:
-        """float32[N, D] CLS features of images float32[N, S, S, 3] (not yet preprocessed)."""
-        del state
-        return self.model.apply({"params": backbone}, self.preprocess(images), tokens="cls")
+        """float32[N, D] CLS features of images float32[N, S, S, 3] (not yet preprocessed),
+        through SLCA's final norm ``state.params["norm"]``."""
+        return self._features(state.params["norm"], backbone, images)
+
+    def _features(self, norm: dict, backbone, images: jax.Array) -> jax.Array:
+        """The backbone's CLS token with ``norm`` in place of its ``encoder_norm``."""
+        return self.model.apply({"params": {**backbone, "encoder_norm": norm}},
+                                self.preprocess(images), tokens="cls")
 
     def logits(self, state: SlcaState, backbone, images: jax.Array) -> jax.Array:
         """float32[N, C]: CLS feature @ aligned kernel + bias."""
@@ -180,13 +203,16 @@ class Slca(ImageLearner):
 
     def loss(self, params, state, backbone, images, labels, task_range) -> jax.Array:
         """Slow-learner loss: cross-entropy over the task's classes (reference ``_run``) plus
-        the zero-valued weight-decay term of the backbone and the task's head columns."""
-        logits = self.embed(state, backbone, images) @ params["kernel"] + params["bias"]
+        the zero-valued weight-decay term of the backbone (its unused ``encoder_norm``
+        excepted), SLCA's norm and the task's head columns."""
+        head = params["head"]
+        logits = self._features(params["norm"], backbone, images) @ head["kernel"] + head["bias"]
         classes = jnp.arange(logits.shape[-1])
         in_task = ((classes >= task_range[0]) & (classes < task_range[1])).astype(jnp.float32)
-        task_head = {"kernel": params["kernel"] * in_task, "bias": params["bias"] * in_task}
+        task_head = {"kernel": head["kernel"] * in_task, "bias": head["bias"] * in_task}
+        used = {k: v for k, v in backbone.items() if k != "encoder_norm"}
         return (masked_cross_entropy(logits, labels, task_range)
-                + decay_term((backbone, task_head), self.weight_decay))
+                + decay_term((used, params["norm"], task_head), self.weight_decay))
 
     def fit_features(self, state: SlcaState, features, labels, task_range) -> SlcaState:
         """Store the statistics of the task's classes, then (from the second task on, when
@@ -215,9 +241,9 @@ class Slca(ImageLearner):
                               covs=state.covs.at[start:end].set(covs),
                               task_of_class=state.task_of_class.at[start:end].set(task), key=key)
         if task == 0 or self.ca_epochs == 0:
-            return state.replace(aligned=state.params)
+            return state.replace(aligned=state.params["head"])
         aligned = align_classifier(
-            state.params, state.means, state.covs, state.task_of_class, ca_key,
+            state.params["head"], state.means, state.covs, state.task_of_class, ca_key,
             num_seen=end, num_tasks=task + 1, epochs=self.ca_epochs,
             samples=self.num_sampled_pcls, learning_rate=self.learning_rate,
             momentum=self.momentum, weight_decay=self.weight_decay, tau=self.ca_with_logit_norm)
