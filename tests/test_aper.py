@@ -32,11 +32,15 @@ def _tiny(module="adapter", **kw):
     return learner, model, images, backbone
 
 
-@pytest.mark.parametrize("module", ["adapter", "ssf"])
+@pytest.mark.parametrize("module", ["adapter", "ssf", "finetune"])
 def test_module_at_identity_init_leaves_the_features_unchanged(module):
     learner, model, images, backbone = _tiny(module)
     state = learner.init(jax.random.key(2), model.width)
-    identity = {"adapter": state.params["module"], "ssf": extensions.init_ssf(model)}[module]
+    identity = {"adapter": state.params["module"], "ssf": extensions.init_ssf(model),
+                "finetune": state.params["module"]}[module]
+    if module == "finetune":  # a zero delta for every backbone weight
+        assert jax.tree.structure(identity) == jax.tree.structure(backbone)
+        assert not any(np.any(d) for d in jax.tree.leaves(identity))
     if module == "adapter":  # zero up-projection: the adapter branch adds exactly 0
         assert all(not np.any(a["up"]["kernel"]) for a in identity.values())
     plain = model.apply({"params": backbone}, images, tokens="cls")
@@ -56,6 +60,41 @@ def test_merged_feature_is_plain_then_adapted():
     want = np.concatenate([np.asarray(plain), np.asarray(adapted)], axis=1)
     np.testing.assert_allclose(np.asarray(learner.embed(state, backbone, images)), want,
                                rtol=1e-6, atol=1e-6)
+
+
+def test_vpt_deep_has_prompts_per_block_in_the_vpt_range():
+    learner, model, images, backbone = _tiny("vpt_deep", prompt_token_num=3)
+    prompts = learner.init(jax.random.key(2), model.width).params["module"]
+    bound = math.sqrt(6 / (3 * 4 ** 2 + 16))
+    assert prompts.shape == (2, 3, 16) and np.abs(np.asarray(prompts)).max() <= bound
+    want = model.apply({"params": backbone}, images, ext=vit.Extensions(deep_prompts=prompts),
+                       tokens="cls")
+    np.testing.assert_array_equal(np.asarray(learner.adapted(prompts, backbone, images)),
+                                  np.asarray(want))
+
+
+def test_finetune_step_is_torch_sgd_on_the_full_weights():
+    learner, model, images, backbone = _tiny("finetune", learning_rate=0.1, weight_decay=0.05)
+    state = learner.init(jax.random.key(2), model.width)
+    labels, task = jnp.array([0, 1, 1]), jnp.array([0, 2])
+    tx = learner.optimizer(steps_per_epoch=1)
+    grads = jax.grad(learner.loss)(state.params, state, backbone, images, labels, task)
+    new = optax.apply_updates(state.params, tx.update(grads, tx.init(state.params),
+                                                      state.params)[0])
+
+    def ce(weights):  # cosine-head cross-entropy over classes 0-1 on the full weights
+        f = model.apply({"params": weights}, images, tokens="cls")
+        w = np.asarray(state.params["kernel"])[:, :2]
+        z = (f / jnp.linalg.norm(f, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=0))
+        return jnp.mean(jax.nn.logsumexp(z, -1) - z[jnp.arange(3), labels])
+
+    g = jax.grad(ce)(backbone)
+    # First torch SGD step from delta = 0: delta = -lr * (g + wd * (w0 + 0)).
+    want = jax.tree.map(lambda gw, w0: -0.1 * (gw + 0.05 * w0), g, backbone)
+    for got, exp in zip(jax.tree.leaves(new["module"]), jax.tree.leaves(want)):
+        np.testing.assert_allclose(got, exp, rtol=1e-4, atol=1e-7)
+    loss = learner.loss(state.params, state, backbone, images, labels, task)
+    np.testing.assert_allclose(float(loss), float(ce(backbone)), rtol=1e-6)  # decay adds no value
 
 
 def test_prototypes_are_class_means_and_logits_cosines():
@@ -91,7 +130,7 @@ def test_first_task_only_and_bad_module_is_refused():
     learner = Aper(epochs=3)
     assert learner.train_epochs((0, 5)) == 3 and learner.train_epochs((5, 10)) == 0
     with pytest.raises(ValueError, match="learner.aper.module must be one of"):
-        Aper(module="vpt_deep")
+        Aper(module="lora")
 
 
 def _config(**overrides):
@@ -135,12 +174,17 @@ def test_aper_stopped_inside_its_epochs_resumes_bitwise(finished, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_aper_without_mist_keeps_the_backbone_and_module_after_task_0(tmp_path):
-    run = train.Run(_config(**{"mist.enabled": False}), tmp_path / "frozen", progress=False)
+@pytest.mark.parametrize("module", ["adapter", "vpt_deep", "finetune"])
+def test_aper_without_mist_keeps_the_backbone_and_module_after_task_0(tmp_path, module):
+    cfg = _config(**{"mist.enabled": False, "learner.aper.module": module})
+    run = train.Run(cfg, tmp_path / "frozen", progress=False)
     backbone0 = jax.device_get(run.params["backbone"])
+    init = jax.device_get(run.learner_state.params["module"])
     run._task(0)
     module0 = jax.device_get(run.learner_state.params)
+    assert not all(jax.tree.leaves(jax.tree.map(np.array_equal, init, module0["module"])))
     run._task(1)
+    assert np.all(np.isfinite(run.record["acc_matrix"][-1]))
     for before, after in ((backbone0, run.params["backbone"]),
                           (module0, run.learner_state.params)):
         same = jax.tree.map(np.array_equal, before, jax.device_get(after))

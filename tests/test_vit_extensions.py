@@ -78,9 +78,9 @@ def np_embed(params, images, patch=8):
 
 
 def np_forward(params, images, heads, ext=None, logit_bias=None):
-    """Float64 NumPy ViT forward with L2P prompts, DualPrompt prefixes, AdaptFormer adapters and
-    SSF written from their formulas; ``logit_bias`` [keys] is added to block 0's attention
-    logits. Returns all tokens after the final LayerNorm, [N, 1 + P + g*g, D]."""
+    """Float64 NumPy ViT forward with L2P and VPT-deep prompts, DualPrompt prefixes, AdaptFormer
+    adapters and SSF written from their formulas; ``logit_bias`` [keys] is added to block 0's
+    attention logits. Returns all tokens after the final LayerNorm, [N, 1 + P + g*g, D]."""
     ext = _np(ext or Extensions())
     ssf = ext.ssf or {}
     ss = lambda y, site: y * ssf[site]["scale"] + ssf[site]["shift"] if site in ssf else y
@@ -96,6 +96,9 @@ def np_forward(params, images, heads, ext=None, logit_bias=None):
     i = 0
     while f"encoderblock_{i}" in p:
         b, site = p[f"encoderblock_{i}"], f"encoderblock_{i}/"
+        if ext.deep_prompts is not None:  # VPT-deep: appended for this block only
+            x = np.concatenate([x, np.broadcast_to(ext.deep_prompts[i],
+                                                   (n,) + ext.deep_prompts.shape[1:])], 1)
         h = ss(_ln(x, b["norm1"]), site + "norm1")
         q, k, v = (h @ b["attn"][t]["kernel"].reshape(d, d) + b["attn"][t]["bias"].reshape(d)
                    for t in ("query", "key", "value"))
@@ -124,6 +127,8 @@ def np_forward(params, images, heads, ext=None, logit_bias=None):
             src = {"parallel": h, "parallel_residual": x, "sequential": y}[ext.adapter_mode]
             y = y + s * relu_mlp(src, a)
         x = x + y
+        if ext.deep_prompts is not None:
+            x = x[:, :-ext.deep_prompts.shape[1]]
         i += 1
     return ss(_ln(x, p["encoder_norm"]), "encoder_norm")
 
@@ -179,6 +184,20 @@ def test_prompts_sit_after_cls_without_position_embedding():
     per_sample = model.apply({"params": params}, X, ext=Extensions(
         prompts=jnp.broadcast_to(prompts, (N, 5, 32))), tokens="all")
     np.testing.assert_allclose(per_sample, tokens, atol=1e-6)
+
+
+def test_deep_prompts_join_each_block_and_leave_after_it():
+    model, params = _setup(depth=2)
+    deep = init_prompts(jax.random.key(5), model, 3, pool=2)  # [L=2, P=3, D]
+    ext = Extensions(deep_prompts=deep)
+    tokens = model.apply({"params": params}, X, ext=ext, tokens="all")
+    assert tokens.shape == (N, 1 + 16, 32)  # no prompt token survives
+    np.testing.assert_allclose(tokens, np_forward(params, X, 2, ext), atol=2e-5)
+    # Each block's prompts matter (they are not the same computation as no prompts).
+    plain = model.apply({"params": params}, X, tokens="all")
+    assert np.abs(np.asarray(tokens) - np.asarray(plain)).max() > 1e-3
+    with pytest.raises(ValueError, match=r"deep_prompts must be float\[2, P, 32\]"):
+        model.apply({"params": params}, X, ext=Extensions(deep_prompts=deep[:1]))
 
 
 # --------------------------------------------------------------------------- prefixes
@@ -259,8 +278,9 @@ def test_ssf_identity_doubling_and_every_site():
 
 # --------------------------------------------------------------------------- autodiff, jit, remat
 def _full_ext(model, key):
-    ks = jax.random.split(key, 4)
+    ks = jax.random.split(key, 5)
     return Extensions(prompts=init_prompts(ks[0], model, 3),
+                      deep_prompts=init_prompts(ks[4], model, 2, pool=model.depth),
                       prefix=init_prefix(ks[1], model, 2, [0, 1]),
                       adapters=_random_tree(ks[2], init_adapters(ks[2], model, 4)),
                       ssf=init_ssf(model, key=ks[3]), adapter_mode="sequential",

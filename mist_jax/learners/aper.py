@@ -12,7 +12,15 @@ classifier (cross-entropy over the task's classes) on the frozen backbone:
 * ``ssf``: SSF scales and shifts at every site (Lian et al. 2022), scale ~ N(1, 0.02), shift ~
   N(0, 0.02) as the reference initialises them;
 * ``vpt_shallow``: ``prompt_token_num`` prompt tokens after CLS (Jia et al. 2022), uniform in
-  ``±sqrt(6 / (3 p^2 + D))`` as VPT initialises them (p the patch size).
+  ``±sqrt(6 / (3 p^2 + D))`` as VPT initialises them (p the patch size);
+* ``vpt_deep``: ``prompt_token_num`` tokens of its own for every block, appended before the
+  block and dropped after it (the reference ``VPT_ViT`` with ``VPT_type="deep"``), same init;
+* ``finetune``: every backbone weight (``aper_finetune.py``), stored as the difference
+  ``delta`` from the backbone it was trained on (zero at init): the adapted model is
+  ``backbone + delta``, and torch's coupled weight decay acts on the full weight
+  ``backbone + delta``, as in the reference (a zero-valued loss term adds ``wd * backbone``
+  to the gradient; the optimizer's own decay adds ``wd * delta``). Use a lower learning rate
+  than the adapter's (reference ImageNet-R: 0.01 at batch 128, weight decay 5e-4, 5 epochs).
 
 Then, on every task (paper Sec. 4, Eq. 6-7), the feature of an image is the concatenation
 ``[phi(x); phi_A(x)]`` of the backbone's CLS feature and the adapted model's, float32[2D]; the
@@ -26,8 +34,10 @@ learning rate per epoch to ``min_lr`` 0, a cosine classifier with a learnable sc
 (weights uniform ±1/sqrt(D), sigma 1). ImageNet-R values: adapter lr 0.05, weight decay 0.005,
 batch 24, r = 64; SSF and VPT-shallow lr 0.01, weight decay 5e-4, batch 48 (VPT: 5 tokens); 20
 epochs. The defaults here are the adapter's, with the learning rate scaled linearly to batch 16
-and 5 epochs: this library's choice for small streams, not a reference value. VPT-deep and full
-fine-tuning, the paper's other modules, are not built (``module`` raises).
+and 5 epochs: this library's choice for small streams, not a reference value. The reference's
+VPT prompts start at zero and sit after the patches; here they start uniform as in the VPT
+paper, and after CLS (shallow) or at the end (deep): the position does not change the CLS
+output (attention is permutation-equivariant once position embeddings are added).
 
 With MIST (``mist.enabled``), MIST tunes the backbone before the learner on every task; both
 branches then read the current backbone (the pre-trained branch is MIST's tuned backbone, the
@@ -49,13 +59,14 @@ from mist_jax.learners.prompting import masked_cross_entropy
 from mist_jax.learners.simplecil import class_means, cosine_logits, unit_rows
 from mist_jax.models.extensions import Extensions, init_adapters, init_ssf
 
-MODULES = ("adapter", "ssf", "vpt_shallow")
+MODULES = ("adapter", "ssf", "vpt_shallow", "vpt_deep", "finetune")
 
 
 @struct.dataclass
 class AperState:
     """``params`` (trained on the first task): ``{"module": adapters | SSF sites | prompts
-    float32[P, D], "kernel": float32[D, C], "sigma": float32}`` (the cosine classifier over
+    float32[P, D] | deep prompts float32[L, P, D] | a backbone-shaped delta, "kernel":
+    float32[D, C], "sigma": float32}`` (the cosine classifier over
     all C classes; only the first task's columns are used); ``prototypes``: float32[C, 2D],
     row c the mean merged feature of class c (zero until its task arrives)."""
 
@@ -67,7 +78,7 @@ class AperState:
 class Aper(ImageLearner):
     """APER (module docstring). Config block ``learner.aper``: ``module`` (one of
     ``MODULES``), ``adapter_dim`` and ``adapter_scale`` (adapter), ``prompt_token_num``
-    (VPT-shallow), the first task's ``epochs``, ``batch_size``, ``learning_rate``,
+    (VPT), the first task's ``epochs``, ``batch_size``, ``learning_rate``,
     ``weight_decay``, ``momentum`` and ``min_lr`` (SGD, cosine annealing per epoch)."""
 
     name: ClassVar[str] = "aper"
@@ -86,7 +97,7 @@ class Aper(ImageLearner):
     def __post_init__(self):
         if self.module not in MODULES:
             raise ValueError(f"learner.aper.module must be one of {MODULES}, got "
-                             f"{self.module!r} (VPT-deep and full fine-tuning are not built).")
+                             f"{self.module!r}.")
 
     def train_epochs(self, task_range) -> int:
         """``epochs`` on the first task (classes from 0), none afterwards."""
@@ -100,17 +111,23 @@ class Aper(ImageLearner):
                                       self.min_lr), self.momentum, self.weight_decay)
 
     def init(self, key, feature_dim: int) -> AperState:
-        """The module (adapter up-projections zero; SSF near identity; prompts uniform), the
-        cosine classifier (kernel uniform ±1/sqrt(D), sigma 1) and zero prototypes."""
+        """The module (adapter up-projections zero; SSF near identity; prompts uniform; the
+        fine-tuning delta zero, float32 like every backbone weight), the cosine classifier (kernel uniform ±1/sqrt(D), sigma 1) and zero prototypes."""
         km, kh = jax.random.split(key)
         if self.module == "adapter":
             module = init_adapters(km, self.model, self.adapter_dim)
         elif self.module == "ssf":
             module = init_ssf(self.model, key=km)
+        elif self.module == "finetune":
+            shapes = jax.eval_shape(self.model.init, km, jnp.zeros(
+                (1, self.model.image_size, self.model.image_size, 3), jnp.float32))["params"]
+            module = jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.float32), shapes)
         else:
             bound = (6.0 / (3 * self.model.patch_size ** 2 + feature_dim)) ** 0.5
-            module = jax.random.uniform(km, (self.prompt_token_num, feature_dim), jnp.float32,
-                                        -bound, bound)
+            shape = (self.prompt_token_num, feature_dim)
+            if self.module == "vpt_deep":
+                shape = (self.model.depth,) + shape
+            module = jax.random.uniform(km, shape, jnp.float32, -bound, bound)
         lim = feature_dim ** -0.5
         kernel = jax.random.uniform(kh, (feature_dim, self.num_classes), jnp.float32, -lim, lim)
         return AperState({"module": module, "kernel": kernel, "sigma": jnp.ones((), jnp.float32)},
@@ -122,19 +139,30 @@ class Aper(ImageLearner):
                               adapter_scale=self.adapter_scale)
         if self.module == "ssf":
             return Extensions(ssf=module)
+        if self.module == "vpt_deep":
+            return Extensions(deep_prompts=module)
         return Extensions(prompts=module)
 
     def adapted(self, module, backbone, images: jax.Array) -> jax.Array:
         """float32[B, D]: CLS features of the backbone with the module (phi_A)."""
+        if self.module == "finetune":
+            return self.model.apply({"params": jax.tree.map(jnp.add, backbone, module)},
+                                    self.preprocess(images), tokens="cls")
         return self.model.apply({"params": backbone}, self.preprocess(images),
                                 ext=self._extensions(module), tokens="cls")
 
     def loss(self, params, state, backbone, images, labels, task_range) -> jax.Array:
-        """Cross-entropy of ``sigma * cos(phi_A(x), w_c)`` over the task's classes."""
+        """Cross-entropy of ``sigma * cos(phi_A(x), w_c)`` over the task's classes (with
+        ``finetune``, plus the zero-valued term whose gradient is ``wd * backbone``)."""
         del state
         feats = self.adapted(params["module"], backbone, images)
         logits = params["sigma"] * (unit_rows(feats) @ unit_rows(params["kernel"].T).T)
-        return masked_cross_entropy(logits, labels, task_range)
+        loss = masked_cross_entropy(logits, labels, task_range)
+        if self.module == "finetune":
+            dot = sum(jnp.vdot(jax.lax.stop_gradient(w), d) for w, d in
+                      zip(jax.tree.leaves(backbone), jax.tree.leaves(params["module"])))
+            loss = loss + self.weight_decay * (dot - jax.lax.stop_gradient(dot))
+        return loss
 
     def embed(self, state: AperState, backbone, images: jax.Array) -> jax.Array:
         """float32[B, 2D]: ``[phi(x); phi_A(x)]`` (paper Eq. 6)."""

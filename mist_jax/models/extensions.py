@@ -8,6 +8,8 @@ gives gradients for the learner's parameters only. ``D`` is the width, ``H`` the
 ``hd = D // H``, ``M`` the MLP width, ``N`` the batch and ``i`` a 0-based block index::
 
     prompts   float[P, D] | float[N, P, D]             tokens after CLS (L2P / VPT-shallow)
+    deep_prompts float[L, P, D]                        per-block tokens (VPT-deep): appended
+              before block i, dropped after it
     prefix    {i: (key, value)}, each float[Lp, D] | float[B, Lp, D] | float[B, Lp, H, hd],
               B in {1, N}                              attention prefix (DualPrompt / CODA)
     adapters  {i: {"down": {"kernel" [D, r], "bias" [r]},
@@ -45,6 +47,7 @@ class Extensions:
     """
 
     prompts: Array | None = None
+    deep_prompts: Array | None = None
     prefix: dict | None = None
     adapters: dict | None = None
     ssf: dict | None = None
@@ -76,6 +79,10 @@ def validate(ext: Extensions, model) -> None:
     if ext.prompts is not None and (ext.prompts.ndim not in (2, 3) or ext.prompts.shape[-1] != d):
         raise ValueError(f"prompts must be float[P, {d}] or float[N, P, {d}], got "
                          f"{ext.prompts.shape}")
+    dp = ext.deep_prompts
+    if dp is not None and (dp.ndim != 3 or dp.shape[0] != model.depth or dp.shape[-1] != d):
+        raise ValueError(f"deep_prompts must be float[{model.depth}, P, {d}] (one set per "
+                         f"block), got {dp.shape}")
     for name in ("prefix", "adapters"):
         bad = sorted(set(getattr(ext, name) or {}) - set(range(model.depth)))
         if bad:

@@ -24,7 +24,8 @@ Parameter tree (``D`` width, ``H`` heads, ``hd = D // H``, ``M`` MLP width, ``p`
 Extension points (``models/extensions.py``): learners pass their own parameters at call time,
 ``model.apply({"params": params}, images, ext=Extensions(...), tokens="cls")``, so the tree
 above never changes. ``prompts`` are inserted after the CLS token once the position embedding
-is added (L2P, VPT), ``prefix`` keys / values are prepended to a block's projected keys / values
+is added (L2P, VPT), ``deep_prompts[i]`` are appended before block i and dropped after it
+(VPT-deep), ``prefix`` keys / values are prepended to a block's projected keys / values
 (DualPrompt, CODA-Prompt), ``adapters`` add a bottleneck branch to a block's MLP (AdaptFormer,
 APER, EASE) and ``ssf`` scales and shifts named sites (SSF). Without ``ext`` the forward is
 op for op the plain ViT's (bitwise); ``tokens`` picks CLS, prompt, patch or all output tokens.
@@ -244,10 +245,15 @@ class ViT(nn.Module):
             x = jnp.concatenate([x[:, :1], prompts, x[:, 1:]], axis=1)
         block = nn.remat(EncoderBlock) if self.remat else EncoderBlock
         for i in range(self.depth):
+            if ext.deep_prompts is not None:  # VPT-deep: block i's own tokens, at the end
+                deep = ext.deep_prompts[i].astype(x.dtype)
+                x = jnp.concatenate([x, jnp.broadcast_to(deep, (n,) + deep.shape)], axis=1)
             x = block(self.num_heads, self.mlp_dim, self.layerscale, self.layernorm_epsilon,
                       self.gelu_approximate, self.dtype, self.param_dtype, ext.adapter_mode,
                       ext.adapter_scale, name=f"encoderblock_{i}")(
                 x, (ext.prefix or {}).get(i), (ext.adapters or {}).get(i), block_ssf(ext, i))
+            if ext.deep_prompts is not None:
+                x = x[:, :x.shape[1] - ext.deep_prompts.shape[1]]
         x = nn.LayerNorm(epsilon=self.layernorm_epsilon, dtype=self.dtype,
                          param_dtype=self.param_dtype, name="encoder_norm")(x)
         x = scale_shift(x, ssf.get("encoder_norm")).astype(jnp.float32)
