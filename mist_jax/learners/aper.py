@@ -112,7 +112,8 @@ class Aper(ImageLearner):
 
     def init(self, key, feature_dim: int) -> AperState:
         """The module (adapter up-projections zero; SSF near identity; prompts uniform; the
-        fine-tuning delta zero, float32 like every backbone weight), the cosine classifier (kernel uniform ±1/sqrt(D), sigma 1) and zero prototypes."""
+        fine-tuning delta zero, float32 like every backbone weight), the cosine classifier
+        (kernel uniform ±1/sqrt(D), sigma 1) and zero prototypes."""
         km, kh = jax.random.split(key)
         if self.module == "adapter":
             module = init_adapters(km, self.model, self.adapter_dim)

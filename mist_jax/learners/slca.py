@@ -100,9 +100,10 @@ class SlcaState:
     """``params``: ``{"head": {"kernel": float32[D, C], "bias": float32[C]}, "norm":
     {"scale": float32[D], "bias": float32[D]}}``, the slow learner's head and SLCA's own final
     LayerNorm (both trained with the backbone; the norm at the backbone's rate); ``aligned``:
-    the head after classifier alignment (used by ``logits``); ``means`` float32[C, D] and ``covs`` float32[C, D, D]: class statistics (rows
-    of unseen classes zero); ``task_of_class`` int32[C]: the task that taught each class (-1:
-    unseen); ``key`` uint32[2]: raw PRNG key of the CA sampling."""
+    the head after classifier alignment (used by ``logits``); ``means`` float32[C, D] and
+    ``covs`` float32[C, D, D]: class statistics (rows of unseen classes zero);
+    ``task_of_class`` int32[C]: the task that taught each class (-1: unseen); ``key``
+    uint32[2]: raw PRNG key of the CA sampling."""
 
     params: dict
     aligned: dict
@@ -165,7 +166,8 @@ class Slca(ImageLearner):
         head = init_head(head_key, feature_dim, self.num_classes)
         c, d = self.num_classes, feature_dim
         norm = {"scale": jnp.ones((d,), jnp.float32), "bias": jnp.zeros((d,), jnp.float32)}
-        return SlcaState(params={"head": head, "norm": norm}, aligned=head, means=jnp.zeros((c, d), jnp.float32),
+        return SlcaState(params={"head": head, "norm": norm}, aligned=head,
+                         means=jnp.zeros((c, d), jnp.float32),
                          covs=jnp.zeros((c, d, d), jnp.float32),
                          task_of_class=jnp.full((c,), -1, jnp.int32), key=key)
 
