@@ -15,10 +15,9 @@ import optax
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_in_task import StopAt  # noqa: E402
-from test_train import smoke  # noqa: E402
+from learner_runs import assert_resumes_bitwise, learner_config  # noqa: E402
 
-from mist_jax import interrupt, learners, train  # noqa: E402
+from mist_jax import learners, train  # noqa: E402
 from mist_jax.learners.aper import Aper  # noqa: E402
 from mist_jax.models import extensions, vit  # noqa: E402
 
@@ -84,8 +83,9 @@ def test_finetune_step_is_torch_sgd_on_the_full_weights():
 
     def ce(weights):  # cosine-head cross-entropy over classes 0-1 on the full weights
         f = model.apply({"params": weights}, images, tokens="cls")
-        w = np.asarray(state.params["kernel"])[:, :2]
-        z = (f / jnp.linalg.norm(f, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=0))
+        w = np.asarray(state.params["head"]["weight"])[:2]  # [2, D]
+        w = w / np.linalg.norm(w, axis=1, keepdims=True)
+        z = (f / jnp.linalg.norm(f, axis=1, keepdims=True)) @ w.T
         return jnp.mean(jax.nn.logsumexp(z, -1) - z[jnp.arange(3), labels])
 
     g = jax.grad(ce)(backbone)
@@ -133,11 +133,7 @@ def test_first_task_only_and_bad_module_is_refused():
         Aper(module="lora")
 
 
-def _config(**overrides):
-    cfg = smoke(**{"learner.name": "aper", **overrides})
-    with cfg.unlocked():
-        cfg.learner.aper.update(epochs=2, batch_size=10, adapter_dim=4)
-    return cfg
+_config = learner_config("aper", epochs=2, batch_size=10, adapter_dim=4)
 
 
 @pytest.fixture(scope="module")
@@ -164,14 +160,7 @@ def test_aper_stopped_inside_its_epochs_resumes_bitwise(finished, tmp_path):
     run, results, _ = finished
     # Task 0: 4 scoring batches, 4 MIST steps, then APER's 2 epochs of 3 batches: boundary 10
     # is epoch 0, batch 2.
-    wd = tmp_path / "stopped"
-    with pytest.raises(interrupt.Interrupted, match=r"learner phase, epoch 0, batch 2"):
-        train.Run(_config(), wd, progress=False, stop=StopAt(10)).run()
-    again = train.Run(_config(), wd, progress=False)
-    assert again.run()["acc_matrix"] == results["acc_matrix"]
-    for a, b in zip(jax.tree.leaves(jax.device_get(again.learner_state)),
-                    jax.tree.leaves(jax.device_get(run.learner_state))):
-        np.testing.assert_array_equal(a, b)
+    assert_resumes_bitwise(_config, run, results, tmp_path, 10, r"learner phase, epoch 0, batch 2")
 
 
 @pytest.mark.parametrize("module", ["adapter", "vpt_deep", "finetune"])

@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_in_task import StopAt  # noqa: E402
-from test_train import smoke  # noqa: E402
+from learner_runs import assert_resumes_bitwise, learner_config, run_without_mist  # noqa: E402
 
-from mist_jax import interrupt, learners, train  # noqa: E402
+from mist_jax import learners, train  # noqa: E402
 from mist_jax.learners.coda_prompt import CodaPrompt, orthonormal_block  # noqa: E402
 from mist_jax.models import vit  # noqa: E402
 
@@ -88,13 +87,8 @@ def test_odd_length_and_too_small_pool_are_refused():
         CodaPrompt(pool_size=4, num_tasks=5)
 
 
-def _config(**overrides):
-    cfg = smoke(**{"learner.name": "coda_prompt", "data.train_crop_scale": (0.5, 1.0),
-                   **overrides})
-    with cfg.unlocked():
-        cfg.learner.coda_prompt.update(layers=(0, 1), pool_size=4, length=2, epochs=3,
-                                       batch_size=10, learning_rate=0.01)
-    return cfg
+_config = learner_config("coda_prompt", {"data.train_crop_scale": (0.5, 1.0)}, layers=(0, 1),
+                         pool_size=4, length=2, epochs=3, batch_size=10, learning_rate=0.01)
 
 
 @pytest.fixture(scope="module")
@@ -125,20 +119,9 @@ def test_coda_with_mist_freezes_earlier_components_and_starts_new_ones_orthogona
 
 def test_coda_stopped_inside_its_epochs_resumes_bitwise(finished, tmp_path):
     run, _, results = finished
-    wd = tmp_path / "stopped"  # boundary 13: task 0, learner epoch 1, batch 2
-    with pytest.raises(interrupt.Interrupted, match=r"learner phase, epoch 1, batch 2"):
-        train.Run(_config(), wd, progress=False, stop=StopAt(13)).run()
-    again = train.Run(_config(), wd, progress=False)
-    resumed = again.run()
-    assert resumed["acc_matrix"] == results["acc_matrix"]
-    same = jax.tree.map(np.array_equal, jax.device_get(again.learner_state),
-                        jax.device_get(run.learner_state))
-    assert all(jax.tree.leaves(same))
+    # Boundary 13: task 0, learner epoch 1, batch 2.
+    assert_resumes_bitwise(_config, run, results, tmp_path, 13, r"learner phase, epoch 1, batch 2")
 
 
 def test_coda_without_mist_keeps_the_backbone_bitwise(tmp_path):
-    run = train.Run(_config(**{"mist.enabled": False}), tmp_path / "frozen", progress=False)
-    backbone0 = jax.device_get(run.params["backbone"])
-    run.run()
-    same = jax.tree.map(np.array_equal, backbone0, jax.device_get(run.params["backbone"]))
-    assert all(jax.tree.leaves(same))
+    run_without_mist(_config, tmp_path)

@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_in_task import StopAt  # noqa: E402
-from test_train import smoke  # noqa: E402
+from learner_runs import assert_resumes_bitwise, learner_config, run_without_mist  # noqa: E402
 
-from mist_jax import interrupt, learners, train  # noqa: E402
+from mist_jax import learners, train  # noqa: E402
 from mist_jax.learners.dualprompt import DualPrompt  # noqa: E402
 from mist_jax.models import vit  # noqa: E402
 
@@ -93,13 +92,8 @@ def test_bad_layers_and_a_pool_smaller_than_the_tasks_are_refused():
         DualPrompt(model=model, g_layers=(0,), e_layers=(1,), pool_size=3, num_tasks=5)
 
 
-def _config(**overrides):
-    cfg = smoke(**{"learner.name": "dualprompt", "data.train_crop_scale": (0.5, 1.0),
-                   **overrides})
-    with cfg.unlocked():
-        cfg.learner.dualprompt.update(g_layers=(0,), e_layers=(1,), epochs=3, batch_size=10,
-                                      learning_rate=0.01, pool_size=4)
-    return cfg
+_config = learner_config("dualprompt", {"data.train_crop_scale": (0.5, 1.0)}, g_layers=(0,),
+                         e_layers=(1,), epochs=3, batch_size=10, learning_rate=0.01, pool_size=4)
 
 
 @pytest.fixture(scope="module")
@@ -127,21 +121,8 @@ def test_dualprompt_stopped_inside_its_epochs_resumes_bitwise(finished, tmp_path
     run, results, _ = finished
     # Task 0: 4 scoring batches, 4 MIST steps, then 3 epochs of 3 batches: boundary 13 is
     # epoch 1, batch 2.
-    wd = tmp_path / "stopped"
-    with pytest.raises(interrupt.Interrupted, match=r"learner phase, epoch 1, batch 2"):
-        train.Run(_config(), wd, progress=False, stop=StopAt(13)).run()
-    again = train.Run(_config(), wd, progress=False)
-    resumed = again.run()
-    assert resumed["acc_matrix"] == results["acc_matrix"]
-    same = jax.tree.map(np.array_equal, jax.device_get(again.learner_state.params),
-                        jax.device_get(run.learner_state.params))
-    assert all(jax.tree.leaves(same))
+    assert_resumes_bitwise(_config, run, results, tmp_path, 13, r"learner phase, epoch 1, batch 2")
 
 
 def test_dualprompt_without_mist_keeps_the_backbone_bitwise(tmp_path):
-    run = train.Run(_config(**{"mist.enabled": False}), tmp_path / "frozen", progress=False)
-    backbone0 = jax.device_get(run.params["backbone"])
-    results = run.run()
-    same = jax.tree.map(np.array_equal, backbone0, jax.device_get(run.params["backbone"]))
-    assert all(jax.tree.leaves(same))
-    assert "mi_loss_per_epoch" not in results["tasks"][0]
+    run_without_mist(_config, tmp_path)

@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_in_task import StopAt  # noqa: E402
-from test_train import smoke  # noqa: E402
+from learner_runs import assert_resumes_bitwise, learner_config, run_without_mist  # noqa: E402
 
-from mist_jax import interrupt, learners, train  # noqa: E402
+from mist_jax import learners, train  # noqa: E402
 from mist_jax.learners.ease import Ease, complement_prototypes, reweighted_logits  # noqa: E402
 from mist_jax.learners.images import epoch_cosine, fit_on_images  # noqa: E402
 from mist_jax.models import vit  # noqa: E402
@@ -181,11 +180,7 @@ def test_bad_config_and_missing_run_fields_are_refused():
                            image_size=8)).init(jax.random.key(0), 16)
 
 
-def _config(**overrides):
-    cfg = smoke(**{"learner.name": "ease", **overrides})
-    with cfg.unlocked():
-        cfg.learner.ease.update(epochs=2, batch_size=10, adapter_dim=8)
-    return cfg
+_config = learner_config("ease", epochs=2, batch_size=10, adapter_dim=8)
 
 
 @pytest.fixture(scope="module")
@@ -210,21 +205,9 @@ def test_ease_stopped_inside_its_epochs_resumes_bitwise(finished, tmp_path):
     run, results = finished
     # Task 0: 4 scoring batches, 4 MIST steps, then EASE's 2 epochs of 3 batches: boundary 13
     # is epoch 1, batch 2.
-    wd = tmp_path / "stopped"
-    with pytest.raises(interrupt.Interrupted, match=r"learner phase, epoch 1, batch 2"):
-        train.Run(_config(), wd, progress=False, stop=StopAt(13)).run()
-    again = train.Run(_config(), wd, progress=False)
-    assert again.run()["acc_matrix"] == results["acc_matrix"]
-    same = jax.tree.map(np.array_equal, jax.device_get(again.learner_state),
-                        jax.device_get(run.learner_state))
-    assert all(jax.tree.leaves(same))
+    assert_resumes_bitwise(_config, run, results, tmp_path, 13, r"learner phase, epoch 1, batch 2")
 
 
 def test_ease_without_mist_keeps_the_backbone_bitwise(tmp_path):
-    run = train.Run(_config(**{"mist.enabled": False}), tmp_path / "frozen", progress=False)
-    backbone0 = jax.device_get(run.params["backbone"])
-    results = run.run()
+    _, results = run_without_mist(_config, tmp_path)
     assert [len(r) for r in results["acc_matrix"]] == [1, 2]
-    same = jax.tree.map(np.array_equal, backbone0, jax.device_get(run.params["backbone"]))
-    assert all(jax.tree.leaves(same))
-    assert "mi_loss_per_epoch" not in results["tasks"][0]

@@ -14,10 +14,9 @@ import optax
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_in_task import StopAt  # noqa: E402
-from test_train import smoke  # noqa: E402
+from learner_runs import assert_resumes_bitwise, learner_config  # noqa: E402
 
-from mist_jax import interrupt, learners, train  # noqa: E402
+from mist_jax import learners, train  # noqa: E402
 from mist_jax.learners import slca  # noqa: E402
 from mist_jax.learners.slca import Slca  # noqa: E402
 from mist_jax.models import vit  # noqa: E402
@@ -176,12 +175,8 @@ def test_bad_config_values_are_refused():
         Slca(milestones=(3, 3))
 
 
-def _config(**overrides):
-    cfg = smoke(**{"learner.name": "slca", "data.train_crop_scale": (0.5, 1.0), **overrides})
-    with cfg.unlocked():
-        cfg.learner.slca.update(epochs=2, batch_size=10, milestones=(1,), ca_epochs=2,
-                                num_sampled_pcls=32)
-    return cfg
+_config = learner_config("slca", {"data.train_crop_scale": (0.5, 1.0)}, epochs=2, batch_size=10,
+                         milestones=(1,), ca_epochs=2, num_sampled_pcls=32)
 
 
 def _changed(a, b):
@@ -213,15 +208,8 @@ def test_slca_stopped_inside_its_epochs_resumes_bitwise(finished, tmp_path):
     run, results = finished
     # Task 0: 4 scoring batches, 4 MIST steps, 2 epochs x 3 batches, the check after the task
     # (15 boundaries); task 1: 8 MIST boundaries, then boundary 25 is epoch 0, batch 2.
-    wd = tmp_path / "stopped"
-    with pytest.raises(interrupt.Interrupted, match=r"task 1 \(learner phase, epoch 0, batch 2"):
-        train.Run(_config(), wd, progress=False, stop=StopAt(25)).run()
-    again = train.Run(_config(), wd, progress=False)
-    resumed = again.run()
-    assert resumed["acc_matrix"] == results["acc_matrix"]
-    assert not _changed(jax.device_get(again.learner_state), jax.device_get(run.learner_state))
-    assert not _changed(jax.device_get(again.params["backbone"]),
-                        jax.device_get(run.params["backbone"]))
+    assert_resumes_bitwise(_config, run, results, tmp_path, 25,
+                           r"task 1 \(learner phase, epoch 0, batch 2", backbone=True)
 
 
 def test_slca_without_mist_moves_the_backbone(tmp_path):

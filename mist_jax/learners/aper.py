@@ -55,8 +55,8 @@ import optax
 from flax import struct
 
 from mist_jax.learners.images import ImageLearner, epoch_cosine, torch_sgd
-from mist_jax.learners.prompting import masked_cross_entropy
-from mist_jax.learners.simplecil import class_means, cosine_logits, unit_rows
+from mist_jax.learners.prompting import cosine_head_logits, init_cosine_head, masked_cross_entropy
+from mist_jax.learners.simplecil import class_means, cosine_logits
 from mist_jax.models.extensions import Extensions, init_adapters, init_ssf
 
 MODULES = ("adapter", "ssf", "vpt_shallow", "vpt_deep", "finetune")
@@ -65,9 +65,9 @@ MODULES = ("adapter", "ssf", "vpt_shallow", "vpt_deep", "finetune")
 @struct.dataclass
 class AperState:
     """``params`` (trained on the first task): ``{"module": adapters | SSF sites | prompts
-    float32[P, D] | deep prompts float32[L, P, D] | a backbone-shaped delta, "kernel":
-    float32[D, C], "sigma": float32}`` (the cosine classifier over
-    all C classes; only the first task's columns are used); ``prototypes``: float32[C, 2D],
+    float32[P, D] | deep prompts float32[L, P, D] | a backbone-shaped delta, "head":
+    {"weight": float32[C, D], "sigma": float32}}`` (``prompting.init_cosine_head``, over all
+    C classes; only the first task's rows are used); ``prototypes``: float32[C, 2D],
     row c the mean merged feature of class c (zero until its task arrives)."""
 
     params: dict
@@ -129,9 +129,8 @@ class Aper(ImageLearner):
             if self.module == "vpt_deep":
                 shape = (self.model.depth,) + shape
             module = jax.random.uniform(km, shape, jnp.float32, -bound, bound)
-        lim = feature_dim ** -0.5
-        kernel = jax.random.uniform(kh, (feature_dim, self.num_classes), jnp.float32, -lim, lim)
-        return AperState({"module": module, "kernel": kernel, "sigma": jnp.ones((), jnp.float32)},
+        return AperState({"module": module,
+                          "head": init_cosine_head(kh, feature_dim, self.num_classes)},
                          jnp.zeros((self.num_classes, 2 * feature_dim), jnp.float32))
 
     def _extensions(self, module) -> Extensions:
@@ -157,8 +156,8 @@ class Aper(ImageLearner):
         ``finetune``, plus the zero-valued term whose gradient is ``wd * backbone``)."""
         del state
         feats = self.adapted(params["module"], backbone, images)
-        logits = params["sigma"] * (unit_rows(feats) @ unit_rows(params["kernel"].T).T)
-        loss = masked_cross_entropy(logits, labels, task_range)
+        loss = masked_cross_entropy(cosine_head_logits(params["head"], feats), labels,
+                                    task_range)
         if self.module == "finetune":
             dot = sum(jnp.vdot(jax.lax.stop_gradient(w), d) for w, d in
                       zip(jax.tree.leaves(backbone), jax.tree.leaves(params["module"])))

@@ -67,7 +67,7 @@ from flax import struct
 
 from mist_jax.learners.base import check_task
 from mist_jax.learners.images import ImageLearner, epoch_cosine, torch_sgd
-from mist_jax.learners.prompting import masked_cross_entropy
+from mist_jax.learners.prompting import cosine_head_logits, init_cosine_head, masked_cross_entropy
 from mist_jax.learners.simplecil import class_means, unit_rows
 from mist_jax.models.extensions import Extensions, init_adapters
 
@@ -204,9 +204,8 @@ class Ease(ImageLearner):
         ka, kh = jax.random.split(jax.random.fold_in(jax.random.wrap_key_data(raw_key), task))
         blocks = init_adapters(ka, self.model, self.adapter_dim)
         adapter = jax.tree.map(lambda *a: jnp.stack(a), *[blocks[i] for i in sorted(blocks)])
-        d = self.model.width
-        weight = jax.random.uniform(kh, (self.num_classes, d), jnp.float32, -d ** -0.5, d ** -0.5)
-        return {"adapter": adapter, "head": {"weight": weight, "sigma": jnp.ones((), jnp.float32)}}
+        return {"adapter": adapter,
+                "head": init_cosine_head(kh, self.model.width, self.num_classes)}
 
     def init(self, key, feature_dim: int) -> EaseState:
         """Task 0's params, empty adapter slots and prototypes.
@@ -244,9 +243,7 @@ class Ease(ImageLearner):
         (the reference ``proxy_fc``), with the task's adapter only."""
         del state
         feats = self.cls(backbone, self.preprocess(images), params["adapter"])
-        head = params["head"]
-        logits = head["sigma"] * unit_rows(feats) @ unit_rows(head["weight"]).T
-        return masked_cross_entropy(logits, labels, task_range)
+        return masked_cross_entropy(cosine_head_logits(params["head"], feats), labels, task_range)
 
     def subspace_features(self, state: EaseState, backbone, images: jax.Array) -> jax.Array:
         """float32[N, S, D]: the CLS feature with each stored adapter (zeros for the slots

@@ -1,5 +1,6 @@
-"""What the prompt-based learners share (L2P, DualPrompt): key-query matching over a prompt
-pool, the train-masked cross-entropy and the linear head's init.
+"""What the prompt- and adapter-based learners share: key-query matching over a prompt pool
+(L2P, DualPrompt), the train-masked cross-entropy, the linear head's init and the reference's
+cosine head (APER, EASE).
 
 Reference code: google-research/l2p (JAX) and its PyTorch ports (l2p-pytorch, LAMDA-PILOT's
 ``models/l2p.py`` / ``dualprompt.py``): keys and queries are L2-normalised with eps 1e-12 on
@@ -11,6 +12,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
+
+from mist_jax.learners.simplecil import unit_rows
 
 _EPS = 1e-12  # the reference code's l2_normalize epsilon (on the squared norm)
 
@@ -67,3 +70,17 @@ def init_head(key: jax.Array, feature_dim: int, num_classes: int) -> dict:
     (std 0.02, timm's ViT head init), zero bias."""
     kernel = 0.02 * jax.random.truncated_normal(key, -2.0, 2.0, (feature_dim, num_classes))
     return {"kernel": kernel, "bias": jnp.zeros((num_classes,), jnp.float32)}
+
+
+def init_cosine_head(key: jax.Array, feature_dim: int, num_classes: int) -> dict:
+    """The reference ``CosineLinear`` (APER, EASE): ``{"weight": float32[C, D]`` uniform in
+    +-1/sqrt(D) (its ``reset_parameters``), ``"sigma": float32`` scale 1 (learnable)}."""
+    bound = feature_dim ** -0.5
+    weight = jax.random.uniform(key, (num_classes, feature_dim), jnp.float32, -bound, bound)
+    return {"weight": weight, "sigma": jnp.ones((), jnp.float32)}
+
+
+def cosine_head_logits(head: dict, features: jax.Array) -> jax.Array:
+    """float32[N, C]: ``sigma * cos(features[n], weight[c])`` for ``init_cosine_head``'s head
+    and features float32[N, D] (norms clipped at 1e-12, torch ``F.normalize``)."""
+    return head["sigma"] * (unit_rows(features) @ unit_rows(head["weight"]).T)
