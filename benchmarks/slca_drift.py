@@ -14,7 +14,7 @@ and ``drift``, the mean distance between stored and re-measured means of task s,
 the stale one says the backbone still separates the old classes but their statistics no longer
 describe them (the features drifted by more than the classes are apart).
 
-Example (embedded default, SLCA alone, 3 tasks; about 4 minutes on a 2-core CPU):
+Example (embedded default, SLCA alone, 3 tasks; 2.5 minutes on a 2-core CPU):
   python benchmarks/slca_drift.py --tasks 3
 """
 

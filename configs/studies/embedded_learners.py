@@ -23,11 +23,13 @@ Command::
       [--config.base.mist.cache_dir=runs/embedded_main/_mist_cache]
 
 Cost on a 2-core CPU (2026-11-30 to 12-01, jax 0.10.2, reusing embedded_main's cache): the 16
-cells' ``wall_minutes`` sum to 154 min, 9.25 of each ``*_mist`` cell but SLCA's being reused
-MIST time that was not spent (about 90 min of compute; the cells ran in three sittings). Alone: SimpleCIL 0.6, RanPAC 0.7, DualPrompt 5.0, APER 4.9, SLCA 5.5, L2P 7.2,
-CODA-Prompt 8.9 (alongside unit tests), EASE 9.0. A MIST run afresh on this stream takes 6.8
-min (measured in ``slca_mist``, 13.7 in all), so a run of its own with MIST costs 11-13.5 min,
-except EASE + MIST, about 15.8 (EASE's test-time cost grows with the square of the tasks).
+cells' ``wall_minutes`` sum to 152 min, 9.25 of each ``*_mist`` cell but SLCA's being reused
+MIST time that was not spent (about 87 min of compute; the cells ran in four sittings, the SLCA
+pair last). Alone: SimpleCIL 0.6, RanPAC 0.7, DualPrompt 5.0, APER 4.9, SLCA 5.8, L2P 7.2,
+CODA-Prompt 8.9 (alongside unit tests), EASE 9.0. MIST afresh on this stream takes about 5.2 min
+(``slca_mist``, which cannot reuse it, took 11.0 in all), so a run of its own with MIST costs
+about 10-14 min; EASE + MIST measured alone: see the README (EASE's test-time cost grows with
+the square of the tasks).
 """
 
 import importlib.util
