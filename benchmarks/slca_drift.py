@@ -16,11 +16,13 @@ describe them (the features drifted by more than the classes are apart).
 
 Example (embedded default, SLCA alone, 3 tasks; 2.5 minutes on a 2-core CPU):
   python benchmarks/slca_drift.py --tasks 3
+``--smoke`` runs configs/default.py:smoke instead (a tiny random ViT, seconds; for tests).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shutil
 import tempfile
 from pathlib import Path
@@ -37,16 +39,17 @@ def parse_args():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", type=int, default=3, help="tasks to run (from the first)")
     p.add_argument("--bcb-lrscale", type=float, default=0.01, help="learner.slca.bcb_lrscale")
-    p.add_argument("--train-per-class", type=int, default=60, help="data.train_per_class")
+    p.add_argument("--train-per-class", type=int, default=0,
+                   help="data.train_per_class (0: the config's)")
+    p.add_argument("--smoke", action="store_true", help="configs/default.py:smoke")
     return p.parse_args()
 
 
-def load_default():
-    import importlib.util
+def load_default(arg: str):
     spec = importlib.util.spec_from_file_location("default_config", _DEFAULT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    return module.get_config(arg)
 
 
 def ncm_accuracy(feats, labels, means):
@@ -57,11 +60,12 @@ def ncm_accuracy(feats, labels, means):
 
 def main():
     args = parse_args()
-    cfg = load_default()
+    cfg = load_default("smoke" if args.smoke else "")
     with cfg.unlocked():
         cfg.learner.name, cfg.mist.enabled, cfg.compare_baseline = "slca", False, False
         cfg.learner.slca.bcb_lrscale = args.bcb_lrscale
-        cfg.data.train_per_class = args.train_per_class
+        if args.train_per_class:
+            cfg.data.train_per_class = args.train_per_class
     workdir = Path(tempfile.mkdtemp(prefix="slca_drift_"))
     try:
         run = train.Run(cfg, workdir, progress=False)

@@ -50,3 +50,14 @@ def test_sparse_step_table_lists_dense_mist_and_scoring():
         assert float(line.split()[-4]) > 0  # median ms
     dense = next(l for l in out.splitlines() if l.startswith("dense"))
     assert "1.00x" in dense
+
+
+def test_slca_drift_table_has_zero_drift_on_the_task_just_learned():
+    out = _run("slca_drift.py", "--smoke", "--tasks", "2")
+    rows = [[c.strip() for c in l.strip("|").split("|")] for l in out.splitlines()
+            if re.match(r"\| \d+ \| \d+ \|", l)]
+    assert [(int(r[0]), int(r[1])) for r in rows] == [(0, 0), (1, 0), (1, 1)]
+    for after, task, head, stale, fresh, drift, spread in rows:
+        assert 0 <= float(head) <= 100 and float(spread) > 0
+        if after == task:  # the statistics were just measured: nothing has drifted yet
+            assert float(drift) == 0 and stale == fresh
