@@ -329,6 +329,7 @@ class Run:
             task_log, elapsed = part["record"]["task_log"], part["record"]["task_log"]["elapsed"]
             before = part["state"].get("run", {}).get("before")
         t0 = time.perf_counter() - elapsed
+        phases = {"tune_seconds": 0.0}  # this process's time in each phase (not a resumed part)
         if phase == "learner":  # MIST had finished: take its result
             self._restore_tuned(part["state"]["run"])  # always saved in this phase
         elif self.tuner is not None and (self.learner.tunes_backbone
@@ -337,19 +338,25 @@ class Run:
                 before = self.features("train", idx, labels)
             run_state = lambda: (dict(task_log, elapsed=time.perf_counter() - t0), 0,
                                  {} if before is None else {"before": before})
+            clock = time.perf_counter()
             task_log.update(self.tune_backbone(t, idx, labels, run_state,
                                                part["state"]["loop"] if part else None))
+            phases["tune_seconds"] = time.perf_counter() - clock
         run_state = lambda: (dict(task_log, elapsed=time.perf_counter() - t0),
                              task_log.get("steps", 0), self._tuned_state())
+        clock = time.perf_counter()
         task_log.update(self.fit_learner(t, idx, labels, before, run_state,
                                          part["state"]["loop"] if phase == "learner" else None))
+        phases["learner_seconds"] = time.perf_counter() - clock
+        clock = time.perf_counter()
         row, top1, top5 = self.evaluate(hi)
+        phases["eval_seconds"] = time.perf_counter() - clock
         rec = self.record
         rec["acc_matrix"].append(row)
         rec["top1_curve"].append(top1)
         rec["top5_curve"].append(top5)
         task_log.pop("elapsed", None)
-        task_log.update(seconds=time.perf_counter() - t0, top1=top1, acc_row=row)
+        task_log.update(seconds=time.perf_counter() - t0, **phases, top1=top1, acc_row=row)
         rec["tasks"].append(task_log)
         rec["next_task"] = t + 1
         event = {k: v for k, v in task_log.items() if k not in _PER_TENSOR}

@@ -10,7 +10,8 @@ import numpy as np
 from mist_jax.checkpoint import RunCheckpointer
 
 #: Entries that differ between identical runs: wall times.
-TIMING = frozenset({"seconds", "images_per_second"})
+TIMING = frozenset({"seconds", "tune_seconds", "learner_seconds", "eval_seconds",
+                    "images_per_second"})
 
 
 def strip(x, ignore=TIMING):
