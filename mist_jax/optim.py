@@ -104,11 +104,11 @@ class _Sparse(NamedTuple):
         leaves, treedef = jax.tree.flatten(updates)
         codes = treedef.flatten_up_to(state.code)
         kept = [None] * len(leaves) if keep is None else treedef.flatten_up_to(keep)
-        step_key = jax.random.fold_in(state.key, state.step)
+        words = drop.leaf_words(jax.random.fold_in(state.key, state.step), len(leaves))
         grads, live = [], []
         for i, (g, c, k) in enumerate(zip(leaves, codes, kept)):
-            if k is None:
-                k = drop.keep_mask(jax.random.fold_in(step_key, i), g.shape, 1.0 - self.drop_rate)
+            if k is None:  # = drop.keep_mask(fold_in(fold_in(key, step), i), ...)
+                k = drop.hashed_keep(words[i], g.shape, 1.0 - self.drop_rate)
             keep = jnp.asarray(k, bool) & (c != 0)
             scaled = g.astype(jnp.float32) * self.factor(c)
             grads.append(jnp.where(keep, scaled, 0.0).astype(g.dtype))

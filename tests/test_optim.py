@@ -82,6 +82,27 @@ class DropTest(chex.TestCase, parameterized.TestCase):
         blocks = draws.reshape(-1, 64).sum(1)
         self.assertLess(abs(blocks.var() / (64 * p * (1 - p)) - 1), 0.15)
 
+    def test_leaf_words_are_the_per_leaf_draws(self):
+        for key in (jax.random.PRNGKey(7), jax.random.key(7)):
+            words = drop.leaf_words(key, 5)
+            for i in range(5):
+                np.testing.assert_array_equal(
+                    words[i], jax.random.bits(jax.random.fold_in(key, i), (2,), jnp.uint32))
+
+    def test_step_drops_by_the_documented_keys(self):
+        # Leaf i at step t keeps keep_mask(fold_in(fold_in(key, t), i), shape, 1 - drop_rate).
+        params = {"a": jnp.zeros((6, 5)), "b": jnp.zeros((7,))}
+        ones = jax.tree.map(jnp.ones_like, params)
+        key = jax.random.PRNGKey(5)
+        tx = optim.sparse_tuning(None, None, None, drop_rate=0.5, overlap_decay=1.0, seed=key)
+        state = tx.init(params)
+        for t in range(2):
+            out, state = tx.update(ones, state)
+            for i, leaf in enumerate(("a", "b")):
+                want = drop.keep_mask(jax.random.fold_in(jax.random.fold_in(key, t), i),
+                                      params[leaf].shape, 0.5)
+                np.testing.assert_array_equal(np.asarray(out[leaf]) != 0, want)
+
     def test_keep_mask_uses_row_major_flat_index(self):
         key = jax.random.PRNGKey(3)
         np.testing.assert_array_equal(
