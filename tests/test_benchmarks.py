@@ -61,3 +61,18 @@ def test_slca_drift_table_has_zero_drift_on_the_task_just_learned():
         assert 0 <= float(head) <= 100 and float(spread) > 0
         if after == task:  # the statistics were just measured: nothing has drifted yet
             assert float(drift) == 0 and stale == fresh
+
+
+@pytest.mark.slow
+def test_learner_wall_table_splits_each_run_into_its_phases(tmp_path):
+    out = _run("learner_wall.py", "--smoke", "--learners", "simplecil", "--workdir",
+               str(tmp_path))
+    rows = [[c.strip() for c in l.strip("|").split("|")] for l in out.splitlines()
+            if l.startswith("| simplecil |")]
+    assert [r[1] for r in rows] == ["on", "off", "on", "off"]  # each row, then the table
+    for _, mist, wall, tune, train, evaluation, average, last in rows:
+        wall, tune, train, evaluation = map(float, (wall, tune, train, evaluation))
+        assert (tune > 0) == (mist == "on") and train > 0 and evaluation > 0
+        assert tune + train + evaluation <= wall
+        assert 0 <= float(average) <= 100 and 0 <= float(last) <= 100
+    assert (tmp_path / "simplecil_alone" / "baseline" / "results.json").is_file()

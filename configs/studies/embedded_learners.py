@@ -26,10 +26,10 @@ Cost on a 2-core CPU (2026-11-30 to 12-01, jax 0.10.2, reusing embedded_main's c
 cells' ``wall_minutes`` sum to 152 min, 9.25 of each ``*_mist`` cell but SLCA's being reused
 MIST time that was not spent (about 87 min of compute; the cells ran in four sittings, the SLCA
 pair last). Alone: SimpleCIL 0.6, RanPAC 0.7, DualPrompt 5.0, APER 4.9, SLCA 5.8, L2P 7.2,
-CODA-Prompt 8.9 (alongside unit tests), EASE 9.0. MIST afresh on this stream takes about 5.2 min
-(``slca_mist``, which cannot reuse it, took 11.0 in all), so a run of its own with MIST costs
-about 10-14 min; EASE + MIST measured alone: see the README (EASE's test-time cost grows with
-the square of the tasks).
+CODA-Prompt 8.9 (alongside unit tests), EASE 9.0. MIST afresh on this stream took about 5.2
+min there. A run of its own on the embedded default (60 images per class), each learner with
+and without MIST: ``benchmarks/learner_wall.py`` (README; 4.6-6.9 min with MIST on the faster
+machine of 2026-12-01).
 """
 
 import importlib.util
