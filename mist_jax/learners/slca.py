@@ -69,8 +69,11 @@ the learning rate is not rescaled with the batch (the reference shares it with C
 
 With MIST (``mist.enabled``): the runner runs MIST before the learner on every task, so MIST
 sparse-tunes the backbone first and SLCA's slow learner then trains the whole backbone densely
-at its slow rate; its statistics and CA use that backbone. The other reading (MIST's selection
-restricting which backbone weights the slow learner may update) is not built.
+at its slow rate; its statistics and CA use that backbone (the paper applies MIST before each
+learner). The other reading (MIST's selection restricting which backbone weights the slow
+learner may update) is not built: it needs each task's mask handed from the tuner to the learner
+and kept in its checkpointed state (a boolean per backbone weight); in ``loss``,
+``where(mask, w, stop_gradient(w))`` would then confine both the gradient and the decay term.
 """
 
 from __future__ import annotations
