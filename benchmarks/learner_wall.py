@@ -65,15 +65,18 @@ def run_cell(learner: str, mist: bool, workdir: Path, config: str, warm: bool,
             "average": results["average_accuracy"], "last": results["last_accuracy"]}
 
 
+def line(r: dict) -> str:
+    """One markdown table row of ``run_cell``'s row (minutes and percent)."""
+    return (f"| {r['learner']} | {'on' if r['mist'] else 'off'} | {r['wall']:.2f} | "
+            f"{r['tune']:.2f} | {r['train']:.2f} | {r['eval']:.2f} | {r['average']:.2f} | "
+            f"{r['last']:.2f} |")
+
+
 def table(rows: list[dict]) -> str:
-    """The markdown table of ``rows`` (minutes and percent)."""
-    out = ["| learner | MIST | wall min | tune min | learner min | eval min | average | last |",
-           "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        out.append(f"| {r['learner']} | {'on' if r['mist'] else 'off'} | {r['wall']:.2f} | "
-                   f"{r['tune']:.2f} | {r['train']:.2f} | {r['eval']:.2f} | "
-                   f"{r['average']:.2f} | {r['last']:.2f} |")
-    return "\n".join(out)
+    """The markdown table of ``rows``."""
+    return "\n".join(["| learner | MIST | wall min | tune min | learner min | eval min | "
+                      "average | last |", "|---|---|---|---|---|---|---|---|",
+                      *map(line, rows)])
 
 
 def main(argv=None) -> None:
@@ -103,7 +106,7 @@ def main(argv=None) -> None:
             if workdir.exists():
                 sys.exit(f"{workdir} exists: pick another --workdir (nothing is overwritten).")
             rows.append(run_cell(learner, mist, workdir, config, args.warm, args.overrides))
-            print(table(rows[-1:]).splitlines()[-1], flush=True)
+            print(line(rows[-1]), flush=True)
     print(table(rows))
 
 
