@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mist_jax import train
+from mist_jax.runner import train
 
 _DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "default.py"
 

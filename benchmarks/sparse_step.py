@@ -7,7 +7,7 @@ Prints a table of median (and min) step times after compilation, timed round-rob
   scoring         one steady-state MI-Fisher step (grad + squared accumulate, donated sum)
 plus the optimizer update alone (no forward/backward) for the three optimizers.
 
-Every step: two views (mist_jax.augment) -> ViT -> Dense(128) -> L2-normalise -> MI loss.
+Every step: two views (mist_jax.mist.augment) -> ViT -> Dense(128) -> L2-normalise -> MI loss.
 
 Example (2-core CPU, a few minutes):
   python benchmarks/sparse_step.py --image-size 112 --batch 8 --steps 5
@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mist_jax import augment, masks, objectives, optim, sensitivity, trees
+from mist_jax.mist import augment, masks, objectives, optim, sensitivity
+from mist_jax.infra import trees
 from mist_jax.models.vit import ViT
 
 

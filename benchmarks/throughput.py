@@ -1,7 +1,7 @@
 """Images per second of MIST's three passes per device count, and model FLOPs utilisation.
 
 For each device count n, a fresh process builds a ("data", "fsdp") mesh of n devices
-(mist_jax/sharding.py) and times, after compilation, with the batch already on the devices:
+(mist_jax/infra/sharding.py) and times, after compilation, with the batch already on the devices:
   scoring   one MI-Fisher pass (sensitivity.fisher_scores: grad + squared accumulate)
   mist step the jitted sparse-tuning step of mist.Tuner (two views, MI loss, masked SGD)
   features  the jitted feature extraction of train.Run (test-time forward)
@@ -94,7 +94,9 @@ def worker(args) -> dict:
     import ml_collections
     import numpy as np
 
-    from mist_jax import masks, mist, sensitivity, sharding
+    from mist_jax.mist import masks, sensitivity, tuner
+    from mist_jax import mist
+    from mist_jax.infra import sharding
     from mist_jax.models.vit import ViT
 
     n = args.worker
@@ -131,7 +133,7 @@ def worker(args) -> dict:
     carry = [ctx.place(jax.tree.map(jnp.array, params)), None]
     carry[1] = tuner.init(carry[0], mask, state.count, state.frozen, jax.random.key(0))
     step = tuner.step
-    step_flops = _flops(mist._train_step(loss_fn, tuner.tx),  # pylint: disable=protected-access
+    step_flops = _flops(tuner._train_step(loss_fn, tuner.tx),  # pylint: disable=protected-access
                         params, carry[1], batch)
 
     def train_step():

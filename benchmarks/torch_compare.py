@@ -44,7 +44,8 @@ def time_jax(a) -> list[float]:
     import jax.numpy as jnp
     import numpy as np
 
-    from mist_jax import masks, mist, optim
+    from mist_jax.mist import masks, optim, tuner
+    from mist_jax import mist
     from mist_jax.models.vit import ViT
 
     model = ViT(WIDTH, DEPTH, HEADS, MLP, PATCH, a.image_size)
@@ -55,7 +56,7 @@ def time_jax(a) -> list[float]:
     mask = masks.select("random", 0.1, params=params, seed=0)
     state = masks.init_mist_state(params)
     tx = optim.mist_optimizer(mask, state.count, state.frozen)
-    step = jax.jit(mist._train_step(loss_fn, tx), donate_argnums=(0, 1))
+    step = jax.jit(tuner._train_step(loss_fn, tx), donate_argnums=(0, 1))
     opt_state = tx.init(params)
     rng = np.random.RandomState(0)
     batch = (jnp.asarray(rng.rand(a.batch, a.image_size, a.image_size, 3), jnp.float32),

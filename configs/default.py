@@ -15,7 +15,7 @@ Variants: ``--config configs/default.py:smoke`` (a tiny random ViT, seconds; for
 ``--config.data.eval_split=validation`` (pick
 hyperparameters on a split carved from the training data, never on test images).
 
-Devices (``c.mesh``, mist_jax/sharding.py): by default the batch is split over all devices
+Devices (``c.mesh``, mist_jax/infra/sharding.py): by default the batch is split over all devices
 (data parallel, params replicated); ``--config.mesh.fsdp=4`` also shards params, scores, masks
 and optimizer state over 4 devices (FSDP). Batch sizes should divide the device count.
 Multi-host: set ``MIST_JAX_DISTRIBUTED=1`` (README, "Scaling out").
@@ -23,7 +23,8 @@ Multi-host: set ``MIST_JAX_DISTRIBUTED=1`` (README, "Scaling out").
 
 import ml_collections
 
-from mist_jax import learners, sharding
+from mist_jax import learners
+from mist_jax.infra import sharding
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
@@ -62,7 +63,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # fisher | fish (Fisher of a prototype classifier's CE) | gradient | magnitude | random
     c.mist.selector = "fisher"
     # "mist", or the authors' ablation procedures rand | l2 | grad (per-step masks, CE on a
-    # classifier, no scoring pass, no drop; mist_jax/spr.py; budget select_rate).
+    # classifier, no scoring pass, no drop; mist_jax/mist/ablations.py; budget select_rate).
     c.mist.spr = "mist"
     c.mist.objective = "mi"  # mi (Supervised_NT_xent_n) | supcon | ce
     c.mist.epochs = 5  # MI epochs, scoring pass included (authors: 20)

@@ -33,8 +33,10 @@ def run_all(config, workdir: str | Path, stop=None) -> dict[str, dict]:
     Raises: ``interrupt.Interrupted`` when stopped (after a checkpoint; the message says how
     to resume).
     """
-    from mist_jax import learners, outputs, sharding, train
-    from mist_jax.lock import WorkdirLock
+    from mist_jax import learners
+    from mist_jax.runner import outputs, train
+    from mist_jax.infra import sharding
+    from mist_jax.infra.lock import WorkdirLock
 
     workdir = Path(workdir)
     learner = learners.get_learner_class(config.learner.name)
@@ -69,7 +71,7 @@ def run_all(config, workdir: str | Path, stop=None) -> dict[str, dict]:
 def _run(run, name: str) -> dict:
     """``run.run()``, turning a KeyboardInterrupt (a second signal: no in-task checkpoint)
     into ``Interrupted`` naming the saved tasks."""
-    from mist_jax.interrupt import Interrupted
+    from mist_jax.infra.interrupt import Interrupted
 
     try:
         return run.run()
@@ -83,9 +85,9 @@ def _run(run, name: str) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from mist_jax import compilation_cache, logs, sharding
-    from mist_jax.interrupt import Interrupted, StopSignal
-    from mist_jax.lock import WorkdirInUse
+    from mist_jax.infra import compilation_cache, logs, sharding
+    from mist_jax.infra.interrupt import Interrupted, StopSignal
+    from mist_jax.infra.lock import WorkdirInUse
 
     logs.quiet_libraries()
     sharding.initialize_distributed()  # no-op unless the environment asks for multi-host

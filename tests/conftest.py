@@ -1,8 +1,16 @@
-"""Shared pytest setup: private cache and data dirs so tests never touch the user's."""
+"""Shared pytest setup: the repository root (``configs``) and tests/ (``support``) on the
+import path, and private cache and data dirs so tests never touch the user's."""
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
+
+TESTS = Path(__file__).resolve().parent
+for _path in (TESTS.parent, TESTS):  # ``import configs`` and ``import support``
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -14,7 +22,7 @@ def _isolated_cache(tmp_path_factory):
             os.environ[var] = str(tmp_path_factory.mktemp(name))
     # XLA's persistent compilation cache under MIST_JAX_CACHE, as the CLI uses it: the same
     # programs compiled by many tests (and their CLI subprocesses) compile once per worker.
-    from mist_jax import compilation_cache
+    from mist_jax.infra import compilation_cache
 
     compilation_cache.enable()
     yield

@@ -2,7 +2,7 @@
 
 One scheme for every loop (MIST's scoring and tuning epochs, a learner's training epochs,
 feature extraction and evaluation): with a seed sequence ``(config.seed, stream..., t, e)``
-(mist_jax/seeds.py) the batch order is ``default_rng(order_seq)`` and the train transform of
+(mist_jax/infra/seeds.py) the batch order is ``default_rng(order_seq)`` and the train transform of
 the image at shuffled position i draws from ``default_rng((*transform_seq, i))``, so the stream
 depends neither on the batch size split over devices nor on the process count; without a seed,
 images come in order through the deterministic test transform.

@@ -37,6 +37,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from mist_jax.data.builders.embedded import EMBEDDED, prepare
+from mist_jax.infra import paths
 from mist_jax.data.splits import DEFAULT_ORDER_SEED, per_class_split
 
 SPLITS = ("train", "test")
@@ -155,11 +156,6 @@ class ImageSet:
         return self.images.take(indices)
 
 
-def default_data_dir() -> str:
-    """$MIST_JAX_DATA if set, else the TFDS default ($TFDS_DATA_DIR or ~/tensorflow_datasets)."""
-    return os.environ.get("MIST_JAX_DATA") or os.fspath(tfds.core.constants.DATA_DIR)
-
-
 def load_dataset(name: str, split: str, *, data_dir: str | os.PathLike | None = None,
                  manual_dir: str | os.PathLike | None = None,
                  split_seed: int = DEFAULT_ORDER_SEED,
@@ -169,7 +165,7 @@ def load_dataset(name: str, split: str, *, data_dir: str | os.PathLike | None = 
     Args:
       name: TFDS name, embedded name (``mist_*``), or ``"folder:<root>"``.
       split: "train" or "test".
-      data_dir: TFDS data dir (default ``default_data_dir()``); embedded sets are built there.
+      data_dir: TFDS data dir (default ``paths.data_dir()``); embedded sets are built there.
       manual_dir: cars196 only: folder with the original Stanford Cars files.
       split_seed: seed of the per-class 80/20 split of single-split TFDS sets.
       materialize: TFDS only: decode all images into one array (True), keep them lazy (False),
@@ -194,7 +190,7 @@ def load_dataset(name: str, split: str, *, data_dir: str | os.PathLike | None = 
         return _load_folder(name, split)
     if manual_dir is not None:
         return _load_cars196_manual(Path(manual_dir), split)
-    data_dir = os.fspath(data_dir) if data_dir is not None else default_data_dir()
+    data_dir = os.fspath(data_dir) if data_dir is not None else paths.data_dir()
     if name in EMBEDDED:
         builder = prepare(name, data_dir)
     else:

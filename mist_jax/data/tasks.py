@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import ml_collections
 import numpy as np
 
-from mist_jax import seeds
+from mist_jax.infra import seeds
 from mist_jax.data import sources, splits
 
 

@@ -11,7 +11,7 @@ Two pipelines, picked by ``config.data.transform`` through ``get_transforms`` (o
   horizontal flip (p 0.5); test Resize(256, bicubic, shorter side) + CenterCrop(224); both
   then ToTensor + Normalize(ImageNet mean / std). Sizes scale with ``size``: resize
   round(size * 300 / 224) and round(size * 256 / 224). The normalisation happens here, on the
-  data side, as in the official code, so MIST's second view (mist_jax/augment.py) sees the
+  data side, as in the official code, so MIST's second view (mist_jax/mist/augment.py) sees the
   normalised images; pair it with ``model.preprocess = "none"``.
 
 Crop sampling, rounding and interpolation follow torchvision's PIL backend. Greyscale and

@@ -24,8 +24,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax.traverse_util import flatten_dict, unflatten_dict
 
+from mist_jax.infra import paths
+
 # Config keys that do not change results: changing them keeps a checkpoint valid.
-# The mesh only changes float rounding (tests/test_sharding.py), so a run may resume on another.
+# The mesh only changes float rounding (tests/infra/test_sharding.py), so a run may resume on another.
 _RESULT_NEUTRAL = ("compare_baseline", "mist.log_every", "learner.eval_batch_size", "mesh",
                    "checkpoint_every_steps", "mist.cache_dir")
 #: Orbax step of in-task checkpoint n of task t: t * IN_TASK_STRIDE + n.
@@ -50,10 +52,8 @@ def _comparable(config: dict) -> dict:
         node.pop(leaf, None)
     data = cfg.get("data", {})
     if "data_dir" in data:
-        from mist_jax.data.sources import default_data_dir
-
         data["data_dir"] = os.path.realpath(os.path.expanduser(data["data_dir"]
-                                                               or default_data_dir()))
+                                                               or paths.data_dir()))
     return cfg
 
 
@@ -225,7 +225,7 @@ class TunedBackboneCache:
     For a learner that does not tune the backbone itself, MIST's trajectory (scores, masks,
     tuned params and projection head, the count / frozen bookkeeping) depends on the run config
     without its ``learner`` block: every PRNG stream of MIST is keyed by seed and task
-    (``mist_jax/seeds.py``), never by the learner. So SimpleCIL+MIST and RanPAC+MIST of one
+    (``mist_jax/infra/seeds.py``), never by the learner. So SimpleCIL+MIST and RanPAC+MIST of one
     seed can tune once. Entries live in ``<directory>/<fingerprint>/<task>`` (orbax), the
     fingerprint being ``config_fingerprint`` of the config without ``learner``; any other
     difference (seed, class order, a MIST or data key) is another entry.

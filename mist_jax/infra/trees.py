@@ -1,8 +1,8 @@
 """Pytree paths: "/"-joined key paths, path-regex matching and prefix trees.
 
 Paths are the "/"-joined dict keys of a pytree, e.g. "backbone/encoderblock_0/attn/query/kernel".
-MIST's masks (mist_jax/masks.py), its optimizer (mist_jax/optim.py) and the device-mesh rules
-(mist_jax/sharding.py) all address parameters by such paths.
+MIST's masks (mist_jax/mist/masks.py), its optimizer (mist_jax/mist/optim.py) and the device-mesh rules
+(mist_jax/infra/sharding.py) all address parameters by such paths.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from mist_jax import seeds
+from mist_jax.infra import seeds
 from mist_jax.learners.images import ImageLearner
 from mist_jax.learners.prompting import init_head, l2_normalize, masked_cross_entropy
 from mist_jax.models.extensions import Extensions

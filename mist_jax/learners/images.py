@@ -6,13 +6,12 @@ on augmented images, using the ViT's extension points (``mist_jax.models.extensi
 learner states its loss and its classifier as pure functions; ``fit_on_images`` is the one
 training loop for all of them, so a new learner is one file: a ``flax.struct`` state with a
 ``params`` field, ``init``, ``loss``, ``logits`` and a config block with ``epochs``,
-``batch_size`` and ``learning_rate`` (tests/prompt_learner.py is a 40-line example).
+``batch_size`` and ``learning_rate`` (tests/support/prompt_learner.py is a 40-line example).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
@@ -21,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mist_jax import trees
+from mist_jax.infra import trees
 from mist_jax.learners.base import Learner
 
 PyTree = Any
@@ -68,6 +67,11 @@ class ImageLearner(Learner):
     num_tasks: int = 0
     model: Any = dataclasses.field(default=None, compare=False)
     preprocess: Callable = dataclasses.field(default=None, compare=False)
+    # The compiled optimizer and step per epoch length (``_compiled``): this learner's own, so
+    # learners that differ only in ``model`` or ``preprocess`` never share one, and they die
+    # with the learner when its run ends.
+    _steps: dict = dataclasses.field(default_factory=dict, init=False, compare=False,
+                                     repr=False)
 
     @classmethod
     def default_config(cls):
@@ -212,11 +216,17 @@ def _on_mesh_of(batch: jax.Array, tree: PyTree) -> PyTree:
                         else jax.device_put(x, rep), tree)
 
 
-@functools.lru_cache(maxsize=8)
 def _compiled(learner: ImageLearner, steps_per_epoch: int
               ) -> tuple[optax.GradientTransformation, Callable]:
-    """The learner's optimizer and jitted step, compiled once per learner and epoch length
-    (not per task)."""
+    """The learner's optimizer and jitted step, built once per learner object and epoch length
+    (not per task), kept in the learner's own ``_steps``."""
+    if steps_per_epoch not in learner._steps:  # pylint: disable=protected-access
+        learner._steps[steps_per_epoch] = _build_step(learner, steps_per_epoch)
+    return learner._steps[steps_per_epoch]  # pylint: disable=protected-access
+
+
+def _build_step(learner: ImageLearner, steps_per_epoch: int
+                ) -> tuple[optax.GradientTransformation, Callable]:
     tx = learner.optimizer(steps_per_epoch)
 
     def loss_fn(params, state, backbone, images, labels, bounds):

@@ -88,7 +88,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from mist_jax import seeds
+from mist_jax.infra import seeds
 from mist_jax.learners.base import check_task
 from mist_jax.learners.images import ImageLearner
 from mist_jax.learners.prompting import init_head, masked_cross_entropy

@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mist_jax import masks, mist, objectives, optim, seeds, sharding
+from mist_jax.mist import masks, objectives, optim, tuner
+from mist_jax.infra import seeds, sharding
 
 PyTree = Any
 #: ``mist.spr`` values: "mist" (MIST itself) and the authors' three ablation procedures.
@@ -121,7 +122,7 @@ def make_loss_fn(model: nn.Module, preprocess: Callable, num_classes: int) -> Ca
 
 
 class SprTuner:
-    """``mist.Tuner``'s counterpart for ``spr = rand | l2 | grad``: same arguments, same
+    """``tuner.Tuner``'s counterpart for ``spr = rand | l2 | grad``: same arguments, same
     ``adapt`` contract (boundaries, bitwise resume), plus ``task_range``.
 
     Raises: ValueError for an unknown mode, optimizer or rate.
@@ -137,12 +138,12 @@ class SprTuner:
                                       cfg.weight_decay, cfg.head_learning_rate)
         self.tx = optax.chain(step_mask(cfg.spr, cfg.select_rate), inner)
 
-        def init(params, mask, count, frozen, key):  # mist.tune's signature; no task mask
+        def init(params, mask, count, frozen, key):  # tuner.tune's signature; no task mask
             del mask, count, frozen
             first, inner_state = self.tx.init(params)
             return first._replace(key=seeds.raw_key(key)), inner_state
 
-        self.param_shardings, self.opt_shardings, self.init, self.step = mist.jit_steps(
+        self.param_shardings, self.opt_shardings, self.init, self.step = tuner.jit_steps(
             self.mesh, loss_fn, self.tx, params, init)
 
     def adapt(self, params: PyTree, state: masks.MistState,
@@ -162,7 +163,7 @@ class SprTuner:
         batches = lambda e, start: ((*b, rng) for b in epoch_batches(e, start))
         at = None if at_boundary is None else (lambda pos, get: at_boundary(
             pos, lambda: {**get(), "seconds": time.perf_counter() - t0}))
-        params, stats = mist.tune(self, params, None, state, key, batches, on_step,
+        params, stats = tuner.tune(self, params, None, state, key, batches, on_step,
                                   at_boundary=at, resume=resume, first_epoch=0)
         seconds = time.perf_counter() - t0
         return params, state, dict(stats, seconds=seconds, spr=self.cfg.spr,

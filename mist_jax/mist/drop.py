@@ -8,7 +8,7 @@ is a pure elementwise function of (leaf key, j), so XLA fuses it into the optimi
 the bits are the same on any device count. ``jax.random.bits`` per element costs about 9 ns per
 element on a 2-core CPU (ViT-S: +200 ms a step, +40%); the hash about 0.3 ns
 (benchmarks/sparse_step.py). Rate and independence across elements, steps and leaves are
-tested in tests/test_optim.py.
+tested in tests/mist/test_optim.py.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mist_jax import objectives
+from mist_jax.mist import objectives
 
 PyTree = Any
 

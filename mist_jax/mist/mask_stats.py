@@ -1,7 +1,7 @@
 """What a MIST selection looks like: coverage per selection unit and per-task summaries.
 
-Host-side reports of mist_jax/masks.py's masks, for logs, results.json and the mask plots of
-mist_jax/outputs.py (code ``print_mask_coverage``). Only global reductions, so they also work on
+Host-side reports of mist_jax/mist/masks.py's masks, for logs, results.json and the mask plots of
+mist_jax/runner/outputs.py (code ``print_mask_coverage``). Only global reductions, so they also work on
 arrays sharded over several processes (every process must call them).
 """
 
@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mist_jax.masks import DEFAULT_EXEMPT, unit_groups
-from mist_jax.trees import compile_patterns, exempt_tree, tree_paths
+from mist_jax.mist.masks import DEFAULT_EXEMPT, unit_groups
+from mist_jax.infra.trees import compile_patterns, exempt_tree, tree_paths
 
 PyTree = Any
 
@@ -49,7 +49,7 @@ _BLOCK = re.compile(r"encoderblock_(\d+)/")
 
 def task_summary(mask: PyTree, scores: PyTree, count: PyTree,
                  exempt: Sequence[str] | None = DEFAULT_EXEMPT) -> dict:
-    """What one task's selection looks like, JSON-ready (the mask plots of mist_jax.outputs).
+    """What one task's selection looks like, JSON-ready (the mask plots of mist_jax.runner.outputs).
 
     Over the scored (non-exempt) leaves only. Host sync; only global reductions, so it also
     works on arrays sharded over several processes (every process must call it).

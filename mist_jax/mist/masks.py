@@ -12,7 +12,7 @@ them as three leaves (`.../query/kernel`, `.../key/kernel`, `.../value/kernel`);
 over the three together, whatever the checkpoint's source. ``units="leaf"`` quantiles each leaf
 on its own (a deviation from the official code, documented in docs/algorithm.md).
 
-Paths are those of mist_jax/trees.py; reports on masks are in mist_jax/mask_stats.py. All array functions here are jit-able when `select_rate`, `freeze_rate`, `exempt`, `units` and
+Paths are those of mist_jax/infra/trees.py; reports on masks are in mist_jax/mist/mask_stats.py. All array functions here are jit-able when `select_rate`, `freeze_rate`, `exempt`, `units` and
 `kind` are static (they only shape the trace).
 """
 
@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mist_jax import sensitivity
-from mist_jax.trees import HEAD, exempt_tree, path_str
+from mist_jax.mist import sensitivity
+from mist_jax.infra.trees import HEAD, exempt_tree, path_str
 
 PyTree = Any
 
@@ -218,7 +218,7 @@ def select(
     if kind in ("fisher", "fish", "gradient"):
         if scores is None:
             source = ("fish.FishScorer's loss in sensitivity.fisher_scores" if kind == "fish"
-                      else f"mist_jax.sensitivity.{kind}_scores(...)")
+                      else f"mist_jax.mist.sensitivity.{kind}_scores(...)")
             raise ValueError(f"selector {kind!r} needs scores={source} (or mist.score).")
         chosen = scores
     elif kind == "magnitude":

@@ -36,8 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mist_jax import trees
-from mist_jax import drop, seeds
+from mist_jax.infra import trees
+from mist_jax.mist import drop
+from mist_jax.infra import seeds
 
 PyTree = Any
 SPARSITY_MODES = ("reference", "strict")

@@ -13,7 +13,6 @@ pass). Both steps are compiled once per distinct `loss_fn` object.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -33,13 +32,16 @@ def _batch_scores(loss_fn: LossFn, power: int, params: PyTree, batch: Any, froze
     return jax.tree.map(lambda s, f: jnp.where(f, 0.0, s), scores, frozen)
 
 
-@functools.lru_cache(maxsize=16)
-def _compiled_steps(loss_fn: LossFn, power: int, layout: tuple | None) -> tuple[Callable, Callable]:
-    """(first, accumulate): jitted `first(params, batch, frozen) -> scores` and
-    `accumulate(acc, params, batch, frozen) -> acc + scores` (acc donated).
+def compile_steps(loss_fn: LossFn, power: int = 2, shardings: PyTree | None = None
+                  ) -> tuple[Callable, Callable]:
+    """``(first, accumulate)``: jitted ``first(params, batch, frozen) -> scores`` and
+    ``accumulate(acc, params, batch, frozen) -> acc + scores`` (acc donated) of
+    ``|dL/dparams| ** power``. Build them once and pass them as ``steps`` to
+    ``fisher_scores`` / ``gradient_scores`` to score many passes with one compile (the
+    caller owns them: nothing here keeps ``loss_fn`` or its model alive).
 
-    ``layout = (treedef, sharding leaves)`` fixes the sum's and the params' shardings (in/out);
-    None leaves them to the compiler.
+    ``shardings``: a NamedSharding per params leaf fixes the sum's and the params' layout
+    (in/out); None leaves them to the compiler.
     """
 
     def first(params, batch, frozen):
@@ -48,9 +50,9 @@ def _compiled_steps(loss_fn: LossFn, power: int, layout: tuple | None) -> tuple[
     def accumulate(acc, params, batch, frozen):
         return jax.tree.map(jnp.add, acc, _batch_scores(loss_fn, power, params, batch, frozen))
 
-    if layout is None:
+    if shardings is None:
         return jax.jit(first), jax.jit(accumulate, donate_argnums=(0,))
-    sh = jax.tree.unflatten(layout[0], layout[1])
+    sh = shardings
     return (
         jax.jit(first, in_shardings=(sh, None, None), out_shardings=sh),
         jax.jit(accumulate, in_shardings=(sh, sh, None, None), out_shardings=sh,
@@ -60,17 +62,14 @@ def _compiled_steps(loss_fn: LossFn, power: int, layout: tuple | None) -> tuple[
 
 def _accumulate(loss_fn: LossFn, power: int, params: PyTree, batches: Iterable, frozen,
                 shardings: PyTree | None = None, init: PyTree | None = None,
-                on_batch: Callable[[PyTree], None] | None = None) -> PyTree:
+                on_batch: Callable[[PyTree], None] | None = None,
+                steps: tuple[Callable, Callable] | None = None) -> PyTree:
     if frozen is not None and jax.tree.structure(frozen) != jax.tree.structure(params):
         raise ValueError(
             "frozen must be None or a bool pytree with the same structure as params "
-            "(e.g. MistState.frozen from mist_jax.masks.init_mist_state(params))."
+            "(e.g. MistState.frozen from mist_jax.mist.masks.init_mist_state(params))."
         )
-    layout = None
-    if shardings is not None:
-        leaves, treedef = jax.tree.flatten(shardings)
-        layout = (treedef, tuple(leaves))
-    first, accumulate = _compiled_steps(loss_fn, power, layout)
+    first, accumulate = steps or compile_steps(loss_fn, power, shardings)
     acc = init
     for batch in batches:
         if acc is None:
@@ -88,12 +87,13 @@ def fisher_scores(
     loss_fn: LossFn, params: PyTree, batches: Iterable, frozen: PyTree | None = None,
     shardings: PyTree | None = None, init: PyTree | None = None,
     on_batch: Callable[[PyTree], None] | None = None,
+    steps: tuple[Callable, Callable] | None = None,
 ) -> PyTree:
     """MI-Fisher sensitivity: sum over batches of the squared batch gradient (docs/algorithm.md §4).
 
     Args:
       loss_fn: pure function (params, batch) -> float scalar loss (e.g. the MI objective over two
-        views). Passing the same function object again reuses the compiled step.
+        views).
       params: parameter pytree (any float dtype).
       batches: iterable of batches (pytrees of arrays); each is passed to `loss_fn` unchanged.
       frozen: None or bool pytree shaped like params; frozen elements score exactly 0.
@@ -103,6 +103,8 @@ def fisher_scores(
         bitwise that of one uninterrupted pass); laid out like params.
       on_batch: called with the running sum after each batch (e.g. to checkpoint it); the sum
         is donated to the next step, so read or save it inside the call.
+      steps: ``compile_steps(loss_fn, 2, shardings)`` built once by the caller (a run's
+        ``Tuner``); None compiles them for this call.
 
     Returns:
       float32 pytree shaped like params: sum_b (dL_b/dtheta)^2.
@@ -110,13 +112,14 @@ def fisher_scores(
     Raises:
       ValueError: `batches` is empty (and no `init`) or `frozen` does not match params.
     """
-    return _accumulate(loss_fn, 2, params, batches, frozen, shardings, init, on_batch)
+    return _accumulate(loss_fn, 2, params, batches, frozen, shardings, init, on_batch, steps)
 
 
 def gradient_scores(
     loss_fn: LossFn, params: PyTree, batches: Iterable, frozen: PyTree | None = None,
     shardings: PyTree | None = None, init: PyTree | None = None,
     on_batch: Callable[[PyTree], None] | None = None,
+    steps: tuple[Callable, Callable] | None = None,
 ) -> PyTree:
     """Gradient-magnitude ablation score: sum over batches of |batch gradient| (docs/algorithm.md §12).
 
@@ -124,7 +127,7 @@ def gradient_scores(
     gradient), the first-order analogue of `fisher_scores`, so opposite-signed batches do not
     cancel. Same arguments, returns and errors as `fisher_scores`.
     """
-    return _accumulate(loss_fn, 1, params, batches, frozen, shardings, init, on_batch)
+    return _accumulate(loss_fn, 1, params, batches, frozen, shardings, init, on_batch, steps)
 
 
 def magnitude_scores(params: PyTree) -> PyTree:

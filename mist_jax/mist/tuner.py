@@ -11,7 +11,7 @@ Four functions, each callable on its own (a notebook can stop after any of them)
 each learner's fit (the original code copies this loop into every learner). A ``Tuner`` builds
 the optimizer once for the whole run, with the optimizer state's shardings worked out from
 ``jax.eval_shape`` and its per-task init jitted with those out-shardings; scoring and tuning are
-``jax.jit``-ed with explicit in/out shardings on a ``MeshContext`` (mist_jax/sharding.py):
+``jax.jit``-ed with explicit in/out shardings on a ``MeshContext`` (mist_jax/infra/sharding.py):
 batches split over the devices, params / scores / masks / optimizer state replicated or
 FSDP-sharded, params and optimizer state donated; nothing leaves the device between steps.
 """
@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mist_jax import augment, mask_stats, masks, objectives, optim, sensitivity, sharding, trees
+from mist_jax.mist import augment, mask_stats, masks, objectives, optim, sensitivity
+from mist_jax.infra import sharding, trees
 
 PyTree = Any
 #: ``at_boundary(position, state)``: called at every step boundary of an adaptation with
@@ -173,6 +174,10 @@ class Tuner:
 
         self.param_shardings, self.opt_shardings, self.init, self.step = jit_steps(
             self.mesh, loss_fn, self.tx, params, init)
+        kind = getattr(cfg, "selector", "fisher")
+        self.score_steps = sensitivity.compile_steps(
+            fish.loss_fn if kind == "fish" else loss_fn, 1 if kind == "gradient" else 2,
+            self.param_shardings)
 
     def adapt(self, params: PyTree, state: masks.MistState,
               epoch_batches: Callable[[int, int], Iterable], key: jax.Array,
@@ -260,9 +265,8 @@ def score(tuner: Tuner, params: PyTree, batches: Iterable, frozen: PyTree | None
     """
     kind = getattr(tuner.cfg, "selector", "fisher")
     fn = sensitivity.gradient_scores if kind == "gradient" else sensitivity.fisher_scores
-    loss_fn = tuner.fish.loss_fn if kind == "fish" else tuner.loss_fn
-    return fn(loss_fn, tuner.mesh.place(params), batches, frozen=frozen,
-              shardings=tuner.param_shardings, init=init, on_batch=on_batch)
+    return fn(None, tuner.mesh.place(params), batches, frozen=frozen, init=init,
+              on_batch=on_batch, steps=tuner.score_steps)
 
 
 def select(cfg: Any, params: PyTree, scores: PyTree, key) -> PyTree:

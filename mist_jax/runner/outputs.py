@@ -17,8 +17,8 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mist_jax import metrics  # noqa: E402
-from mist_jax.atomic import atomic_path, write_text  # noqa: E402
+from mist_jax.runner import metrics  # noqa: E402
+from mist_jax.infra.atomic import atomic_path, write_text  # noqa: E402
 
 
 def write_json(path: str | Path, obj: Any) -> None:

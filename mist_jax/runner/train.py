@@ -10,10 +10,10 @@ Per task t (docs/algorithm.md §1), each step a function you can also call from 
 ``Run`` only wires them: it builds the data (``data.tasks.load_data``), the backbone
 (``build_backbone``), the learner (``build_learner``: the registry, never a learner's name) and
 MIST's ``Tuner``, and keeps the state between tasks. All randomness of task t derives from seed
-sequences ``(config.seed, stream, t, ...)`` (mist_jax/seeds.py), so a run resumed from the
+sequences ``(config.seed, stream, t, ...)`` (mist_jax/infra/seeds.py), so a run resumed from the
 checkpoint of task t-1 ends bit-identical to an uninterrupted one on CPU.
 
-Scale-out (mist_jax/sharding.py): everything runs on the ``config.mesh`` device mesh with
+Scale-out (mist_jax/infra/sharding.py): everything runs on the ``config.mesh`` device mesh with
 ``jax.jit`` shardings; each process transforms only its rows of every global batch (train
 augmentation draws from one generator per image, so the stream does not depend on the process
 or device count); batches are prefetched two deep onto the devices; only process 0 writes
@@ -36,11 +36,13 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from mist_jax import (checkpoint, fish, interrupt, learners, masks, metrics, mist, outputs,
-                      seeds, sharding, spr, validate)
-from mist_jax.checkpoint import RunCheckpointer
-from mist_jax.data import batches, get_preprocess, sources, tasks, transforms
-from mist_jax.lock import WorkdirLock
+from mist_jax.infra import checkpoint, interrupt, seeds, sharding
+from mist_jax.mist import ablations, fish, masks
+from mist_jax import learners, mist
+from mist_jax.runner import metrics, outputs, validate
+from mist_jax.infra.checkpoint import RunCheckpointer
+from mist_jax.data import batches, get_preprocess, prefetch, sources, tasks, transforms
+from mist_jax.infra.lock import WorkdirLock
 from mist_jax.models import load_pretrained, tiny_vit
 
 
@@ -87,9 +89,9 @@ def build_tuner(mist_cfg: ml_collections.ConfigDict, model, preprocess, params,
                 mesh: sharding.MeshContext, out_dim: int):
     """The backbone tuner of ``config.mist``: a ``mist.Tuner`` (with a ``fish.FishScorer``
     for ``selector="fish"``), or for ``spr = rand | l2 | grad`` the authors' ablation
-    procedure (``spr.SprTuner``). ``out_dim``: the head's width (classes for CE losses)."""
-    if spr.requested(mist_cfg):
-        return spr.SprTuner(spr.make_loss_fn(model, preprocess, out_dim), mist_cfg, params,
+    procedure (``ablations.SprTuner``). ``out_dim``: the head's width (classes for CE losses)."""
+    if ablations.requested(mist_cfg):
+        return ablations.SprTuner(ablations.make_loss_fn(model, preprocess, out_dim), mist_cfg, params,
                             mesh)
     loss_fn = mist.make_loss_fn(model, preprocess, mist_cfg.objective, mist_cfg.temperature,
                                 out_dim)
@@ -130,7 +132,7 @@ class Run:
                                      preprocess=self.preprocess)
         self.tuning = tuning_config(cfg, self.learner)
         mist_cfg = self.tuning or cfg.mist
-        out_dim = (self.data.num_classes if mist_cfg.objective == "ce" or spr.requested(mist_cfg)
+        out_dim = (self.data.num_classes if mist_cfg.objective == "ce" or ablations.requested(mist_cfg)
                    else mist_cfg.proj_dim)
         head = mist.init_head(seeds.key(cfg.seed, "head"), self.model.width, out_dim)
         self.params = self.mesh.place({"backbone": backbone, "head": head})
@@ -261,7 +263,7 @@ class Run:
         if desc is not None:
             host = self._bar = tqdm.tqdm(host, desc=desc, leave=False, disable=not self.progress,
                                          initial=start, total=-(-len(idx) // batch))
-        gen = sharding.prefetch(host, lambda b: self.mesh.put_batch(b[1], b[0]), size=2)
+        gen = prefetch.prefetch(host, lambda b: self.mesh.put_batch(b[1], b[0]), size=2)
         self._prefetchers.add(gen)
         return gen
 
@@ -404,7 +406,7 @@ class Run:
             desc=f"task {t} MI epoch {e + 1}/{epochs}" + (" (scoring)" if e == 0 else ""))
         at = None if run_state is None else (
             lambda pos, get: self._boundary(t, pos, get, run_state))
-        extra = ({"task_range": self.data.ranges[t]} if isinstance(self.tuner, spr.SprTuner)
+        extra = ({"task_range": self.data.ranges[t]} if isinstance(self.tuner, ablations.SprTuner)
                  else {})
         self.params, self.mist_state, log = self.tuner.adapt(
             self.params, self.mist_state, epoch_batches, seeds.key(cfg.seed, "drop", t),

@@ -14,7 +14,8 @@ from typing import Any
 
 import ml_collections
 
-from mist_jax import learners, masks, objectives, optim, spr
+from mist_jax import learners
+from mist_jax.mist import ablations, masks, objectives, optim
 from mist_jax.data import preprocess, transforms
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -85,8 +86,8 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
         ("mist.tasks", mi.tasks, mi.tasks in TASKS, f"one of {TASKS}"),
         ("mist.selector", mi.selector, mi.selector in masks.SELECTORS,
          f"one of {masks.SELECTORS}"),
-        ("mist.spr", mi.get("spr", "mist"), mi.get("spr", "mist") in spr.MODES,
-         f"one of {spr.MODES} (mist_jax/spr.py)"),
+        ("mist.spr", mi.get("spr", "mist"), mi.get("spr", "mist") in ablations.MODES,
+         f"one of {ablations.MODES} (mist_jax/mist/ablations.py)"),
         ("mist.objective", mi.objective, mi.objective in objectives.OBJECTIVES,
          f"one of {sorted(objectives.OBJECTIVES)}"),
         ("mist.selection_units", mi.selection_units, mi.selection_units in masks.UNITS,

@@ -6,7 +6,7 @@ aggregates the finished ones into ``DIR/study.{md,csv,json}`` and two plots, and
 table. Re-running the same command after a kill finishes only the missing cells. Cells that
 differ only in their learner (SimpleCIL+MIST and RanPAC+MIST of one seed) tune the backbone once:
 the first stores MIST's per-task result in ``DIR/_mist_cache`` and the others reuse it
-(``checkpoint.TunedBackboneCache``; the same result as tuning again, tests/test_study.py).
+(``checkpoint.TunedBackboneCache``; the same result as tuning again, tests/study/test_study.py).
 
   --list        print the cells (index, variant, seed, class order, finished?) and exit
   --cell K      run cell K only (a cluster array job: one task per cell, e.g. SLURM
@@ -37,7 +37,7 @@ def run_cells(study, workdir: str, only: int | None = None, progress: bool = Fal
     """Run the unfinished cells (or cell ``only``); returns ``[(cell name, error)]`` of the
     cells that failed. Raises ValueError for a bad study or cell index."""
     from mist_jax import study as st
-    from mist_jax import train
+    from mist_jax.runner import train
 
     st.check_study(study)
     todo = st.cells(study)
@@ -69,7 +69,7 @@ def run_cells(study, workdir: str, only: int | None = None, progress: bool = Fal
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from mist_jax import compilation_cache, logs
+    from mist_jax.infra import compilation_cache, logs
     from mist_jax import study as st
     from mist_jax.study import report
 

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mist_jax.atomic import atomic_path, write_text  # noqa: E402
+from mist_jax.infra.atomic import atomic_path, write_text  # noqa: E402
 from mist_jax.study import cell_dir, cells, is_finished  # noqa: E402
 from mist_jax.study.stats import METRICS, by_variant, differences  # noqa: E402
 

@@ -19,6 +19,7 @@ from scipy.io import savemat
 from mist_jax.data import sources
 from mist_jax.data.builders import raw
 from mist_jax.data.sources import load_dataset
+from mist_jax.infra import paths
 
 HAVE_FASHION = (raw.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file()
 needs_fashion = pytest.mark.skipif(
@@ -73,7 +74,7 @@ def test_missing_fashion_files_name_the_apt_package(tmp_path):
 
 def test_default_data_dir_env(monkeypatch, tmp_path):
     monkeypatch.setenv("MIST_JAX_DATA", str(tmp_path))
-    assert sources.default_data_dir() == str(tmp_path)
+    assert paths.data_dir() == str(tmp_path)
 
 
 # ---------------------------------------------------------------- image folder

@@ -1,4 +1,4 @@
-"""Atomic writes (mist_jax/atomic.py): readable mode, fsync before the rename, and a failed
+"""Atomic writes (mist_jax/infra/atomic.py): readable mode, fsync before the rename, and a failed
 write leaves the old file and no temporary file behind."""
 
 import os
@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from mist_jax import atomic
+from mist_jax.infra import atomic
 
 
 def test_written_file_is_world_readable_and_synced_before_the_rename(tmp_path, monkeypatch):

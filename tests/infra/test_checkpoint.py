@@ -5,8 +5,8 @@ import numpy as np
 import optax
 import pytest
 
-from mist_jax import trees
-from mist_jax.checkpoint import RunCheckpointer
+from mist_jax.infra import trees
+from mist_jax.infra.checkpoint import RunCheckpointer
 
 STATE = {"params": {"w": np.arange(6, dtype=np.float32).reshape(2, 3)},
          "mist": {"frozen": np.array([True, False]), "count": np.array([0, 2], np.int32)}}

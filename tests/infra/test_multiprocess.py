@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ["-m", "mist_jax.main", "--config", "configs/default.py:smoke",
          "--config.compare_baseline=False"]
 ARGS = [*SMOKE, "--config.data.init_cls=10"]  # one task

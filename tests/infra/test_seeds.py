@@ -1,4 +1,4 @@
-"""Seed sequences (mist_jax/seeds.py): distinct streams never share a generator."""
+"""Seed sequences (mist_jax/infra/seeds.py): distinct streams never share a generator."""
 
 import itertools
 
@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from mist_jax import seeds
+from mist_jax.infra import seeds
 
 
 def test_old_arithmetic_collisions_are_gone():

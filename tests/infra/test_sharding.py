@@ -1,4 +1,4 @@
-"""Sharded MIST (mist_jax/sharding.py): layout rules, batch placement, prefetch, and the
+"""Sharded MIST (mist_jax/infra/sharding.py): layout rules, batch placement, prefetch, and the
 equivalence of 1 device, 8 data-parallel devices and a 4 x 2 data x FSDP mesh.
 
 The multi-device runs execute in a subprocess started with
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 MESHES = {"1 device": (1, 1), "8 data": (8, 1), "4 data x 2 fsdp": (4, 2)}
 
@@ -33,7 +33,9 @@ def _worker(out_dir: str) -> None:
     import jax
 
     from configs import default as default_config
-    from mist_jax import masks, sensitivity, train, trees
+    from mist_jax.mist import masks, sensitivity
+    from mist_jax.runner import train
+    from mist_jax.infra import trees
 
     assert jax.device_count() == 8, jax.devices()
     recorded = {}
@@ -85,7 +87,7 @@ def _worker(out_dir: str) -> None:
 def _context(data=4, fsdp=2, **kw):
     from jax.sharding import AbstractMesh
 
-    from mist_jax import sharding
+    from mist_jax.infra import sharding
 
     mesh = AbstractMesh((data, fsdp), (sharding.DATA, sharding.FSDP))
     return sharding.MeshContext(mesh, **kw)
@@ -124,7 +126,7 @@ def test_mesh_from_config_on_one_device_and_bad_sizes():
     import jax
 
     from configs import default as default_config
-    from mist_jax import sharding
+    from mist_jax.infra import sharding
 
     ctx = sharding.from_config(default_config.get_config("smoke"))
     assert dict(ctx.mesh.shape) == {"data": jax.device_count(), "fsdp": 1}
@@ -136,7 +138,7 @@ def test_mesh_from_config_on_one_device_and_bad_sizes():
 
 
 def test_distributed_init_only_when_asked(monkeypatch):
-    from mist_jax import sharding
+    from mist_jax.infra import sharding
 
     for var in ("JAX_COORDINATOR_ADDRESS", "MIST_JAX_DISTRIBUTED", "JAX_NUM_PROCESSES"):
         monkeypatch.delenv(var, raising=False)
@@ -150,7 +152,7 @@ def test_put_batch_and_place_keep_values():
     import jax
     import jax.numpy as jnp
 
-    from mist_jax import sharding
+    from mist_jax.infra import sharding
 
     ctx = sharding.MeshContext(sharding.make_mesh())
     x = np.arange(24, dtype=np.float32).reshape(6, 4)
@@ -168,9 +170,9 @@ def test_put_batch_and_place_keep_values():
 
 
 def test_prefetch_keeps_order_stops_early_and_reraises():
-    from mist_jax import sharding
+    from mist_jax.data import prefetch
 
-    assert list(sharding.prefetch(range(7), lambda b: b * 10)) == [0, 10, 20, 30, 40, 50, 60]
+    assert list(prefetch.prefetch(range(7), lambda b: b * 10)) == [0, 10, 20, 30, 40, 50, 60]
     produced = []
 
     def source():
@@ -183,7 +185,7 @@ def test_prefetch_keeps_order_stops_early_and_reraises():
         return b
 
     threads = threading.active_count()
-    it = sharding.prefetch(source(), slow_put, size=2)
+    it = prefetch.prefetch(source(), slow_put, size=2)
     assert next(it) == 0
     it.close()  # the consumer stops: the producer must stop too, a few batches ahead at most,
     # and be joined by close() itself (a daemon thread inside put at exit aborts the process)
@@ -196,7 +198,7 @@ def test_prefetch_keeps_order_stops_early_and_reraises():
         return b
 
     with pytest.raises(RuntimeError, match="bad batch 2"):
-        list(sharding.prefetch(range(5), boom))
+        list(prefetch.prefetch(range(5), boom))
 
 
 def _smoke(**overrides):
@@ -212,7 +214,7 @@ def _smoke(**overrides):
 
 
 def test_unchanged_backbone_computes_each_test_feature_once(tmp_path):
-    from mist_jax import train
+    from mist_jax.runner import train
 
     run = train.Run(_smoke(**{"mist.enabled": False}), tmp_path / "base", progress=False)
     featurized = []
@@ -236,7 +238,7 @@ def test_unchanged_backbone_computes_each_test_feature_once(tmp_path):
 def test_bfloat16_compute_runs_end_to_end_with_float32_params(tmp_path):
     import jax
 
-    from mist_jax import train
+    from mist_jax.runner import train
 
     run = train.Run(_smoke(**{"model.dtype": "bfloat16"}), tmp_path / "bf16", progress=False)
     out = run.run()

@@ -14,10 +14,10 @@ import numpy as np
 import optax
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from learner_runs import assert_resumes_bitwise, learner_config  # noqa: E402
+from support.learner_runs import assert_resumes_bitwise, learner_config  # noqa: E402
 
-from mist_jax import learners, train  # noqa: E402
+from mist_jax import learners  # noqa: E402
+from mist_jax.runner import train
 from mist_jax.learners.aper import Aper  # noqa: E402
 from mist_jax.models import extensions, vit  # noqa: E402
 

@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from learner_runs import assert_resumes_bitwise, learner_config, run_without_mist  # noqa: E402
+from support.learner_runs import assert_resumes_bitwise, learner_config, run_without_mist  # noqa: E402
 
-from mist_jax import learners, train  # noqa: E402
+from mist_jax import learners  # noqa: E402
+from mist_jax.runner import train
 from mist_jax.learners.dualprompt import DualPrompt  # noqa: E402
 from mist_jax.models import vit  # noqa: E402
 

@@ -1,5 +1,5 @@
 """A learner that trains its own prompts through the backbone, plugged in from one file
-(tests/prompt_learner.py), runs end to end: MIST tunes the backbone, the learner trains prompts
+(tests/support/prompt_learner.py), runs end to end: MIST tunes the backbone, the learner trains prompts
 and a head on augmented images, the run evaluates and checkpoints both pytrees."""
 
 import math
@@ -10,12 +10,13 @@ import jax
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from prompt_learner import PromptHead  # noqa: E402  (registers "prompt_head")
-from test_train import smoke  # noqa: E402
+from support.prompt_learner import PromptHead  # noqa: E402  (registers "prompt_head")
+from support.runs import smoke  # noqa: E402
 
-from mist_jax import interrupt, learners, train  # noqa: E402
-from test_in_task import StopAt  # noqa: E402
+from mist_jax.infra import interrupt  # noqa: E402
+from mist_jax import learners
+from mist_jax.runner import train
+from support.runs import StopAt  # noqa: E402
 
 
 def _config(**overrides):

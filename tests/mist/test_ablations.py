@@ -1,4 +1,4 @@
-"""The authors' ablation procedures (mist_jax/spr.py): each per-step mask against a NumPy
+"""The authors' ablation procedures (mist_jax/mist/ablations.py): each per-step mask against a NumPy
 transcription of the official loops, the task-restricted cross-entropy by hand, and a run."""
 
 import sys
@@ -8,9 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from configs import default as default_config  # noqa: E402
-from mist_jax import spr, train  # noqa: E402
+from mist_jax.mist import ablations  # noqa: E402
+from mist_jax.runner import train
 
 
 def _tree(seed=0):
@@ -25,7 +25,7 @@ def _kept(tree):
 
 
 def test_rand_keeps_max_1_int_rate_n_random_elements_per_tensor_each_step():
-    tx = spr.step_mask("rand", 0.05, seed=3)
+    tx = ablations.step_mask("rand", 0.05, seed=3)
     ones = jax.tree.map(np.ones_like, _tree())
     state = tx.init(ones)
     first, state = tx.update(ones, state)
@@ -39,7 +39,7 @@ def test_rand_keeps_max_1_int_rate_n_random_elements_per_tensor_each_step():
 
 def test_l2_keeps_each_tensors_largest_weights_and_none_where_k_is_0():
     params, grads = _tree(0), jax.tree.map(np.ones_like, _tree(0))
-    out, _ = spr.step_mask("l2", 0.05).update(grads, spr.step_mask("l2", 0.05).init(params),
+    out, _ = ablations.step_mask("l2", 0.05).update(grads, ablations.step_mask("l2", 0.05).init(params),
                                                params)
     for k in ("a", "b"):
         w = np.abs(params[k]).reshape(-1)
@@ -50,7 +50,7 @@ def test_l2_keeps_each_tensors_largest_weights_and_none_where_k_is_0():
 
 def test_grad_keeps_the_largest_gradients_over_all_tensors_at_once():
     grads = _tree(1)
-    tx = spr.step_mask("grad", 0.1)
+    tx = ablations.step_mask("grad", 0.1)
     out, _ = tx.update(grads, tx.init(grads))
     flat = np.concatenate([np.abs(v).reshape(-1) for v in grads.values()])
     top = np.sort(flat)[::-1][int(0.1 * flat.size) - 1]
@@ -62,9 +62,9 @@ def test_grad_keeps_the_largest_gradients_over_all_tensors_at_once():
 
 def test_bad_modes_and_rates_are_refused():
     with pytest.raises(ValueError, match="rand"):
-        spr.step_mask("mist", 0.1)
+        ablations.step_mask("mist", 0.1)
     with pytest.raises(ValueError, match=r"\(0, 1\]"):
-        spr.step_mask("grad", 0.0)
+        ablations.step_mask("grad", 0.0)
 
 
 def test_loss_is_cross_entropy_over_the_tasks_classes_only():
@@ -73,7 +73,7 @@ def test_loss_is_cross_entropy_over_the_tasks_classes_only():
         def apply(variables, x):
             return x
 
-    loss_fn = spr.make_loss_fn(Identity, lambda x: x, num_classes=6)
+    loss_fn = ablations.make_loss_fn(Identity, lambda x: x, num_classes=6)
     rng = np.random.default_rng(0)
     feats = rng.normal(size=(4, 5)).astype(np.float32)
     head = {"kernel": rng.normal(size=(5, 6)).astype(np.float32),

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
-from mist_jax import augment
+from mist_jax.mist import augment
 
 H = W = 32
 N = 400

@@ -1,4 +1,4 @@
-"""selector="fish" (mist_jax/fish.py): the prototype classifier and its CE-Fisher score against
+"""selector="fish" (mist_jax/mist/fish.py): the prototype classifier and its CE-Fisher score against
 NumPy / hand-written references, and the selector inside a MIST adaptation."""
 
 import sys
@@ -9,9 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from configs import default as default_config  # noqa: E402
-from mist_jax import fish, masks, mist  # noqa: E402
+from mist_jax.mist import fish, masks  # noqa: E402
+from mist_jax.mist import tuner as tuner_module
+from mist_jax import mist
 from mist_jax.models import tiny_vit  # noqa: E402
 
 SIZE, CLASSES = 16, (3, 5, 9)
@@ -80,7 +81,7 @@ def test_fish_selector_scores_the_prototype_cross_entropy_in_an_adaptation(setup
         seen.append(jax.device_get(score(*args, **kw)))
         return seen[-1]
 
-    monkeypatch.setattr(mist, "score", spy)
+    monkeypatch.setattr(tuner_module, "score", spy)
     _, _, log = tuner.adapt(params, state, lambda e, start: batches[start:], jax.random.key(2))
     # Independent transcription: sum over batches of the squared gradient of the CE of
     # cos(f(x), prototypes) / T, prototypes from NumPy.

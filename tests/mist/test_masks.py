@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
-from mist_jax import mask_stats, masks, trees
+from mist_jax.mist import mask_stats, masks
+from mist_jax.infra import trees
 
 SHAPES = {
     "backbone": {

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
-from mist_jax import objectives
+from mist_jax.mist import objectives
 
 
 # --------------------------------------------------------------------------- numpy references

@@ -13,7 +13,7 @@ import optax
 import pytest
 from absl.testing import parameterized
 
-from mist_jax import drop, optim
+from mist_jax.mist import drop, optim
 
 
 def small_tree(seed=0):
@@ -282,7 +282,7 @@ _SHARDED = textwrap.dedent(
     import os, sys
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from mist_jax import optim
+    from mist_jax.mist import optim
     assert jax.device_count() == 2, jax.devices()
     params = {"a": jnp.zeros((64, 32)), "b": jnp.zeros((16,))}
     mesh = Mesh(np.array(jax.devices()), ("x",))

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mist_jax import sensitivity
+from mist_jax.mist import sensitivity
 
 
 def linear_loss(params, batch):

@@ -23,7 +23,9 @@ import numpy as np
 import optax
 import pytest
 
-from mist_jax import masks, mist, optim, sensitivity, trees
+from mist_jax.mist import masks, optim, sensitivity
+from mist_jax import mist
+from mist_jax.infra import trees
 from mist_jax.data.preprocess import preprocess_identity
 from mist_jax.learners import RanPAC, SimpleCIL
 from mist_jax.learners import ranpac as ranpac_lib

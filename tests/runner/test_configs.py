@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.py"))
 SPEC_SPLITS = {"cifar100": ("cifar100", 10), "cub": ("caltech_birds2011", 20),
                "imagenet_r": ("imagenet_r", 20), "imagenet_a": ("imagenet_a", 20),
                "cars": ("cars196", 20)}

@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_outcome import TIMING as WALL, assert_same, outcome  # noqa: E402
+from support.run_outcome import TIMING as WALL, assert_same, outcome  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KILLS = 10
 TIMING = WALL | {"versions"}  # differ between identical runs
 
@@ -107,7 +106,7 @@ def test_kill_9_during_a_checkpoint_write_then_resume_is_bitwise_equal(reference
 
 @pytest.mark.slow
 def test_ctrl_c_mid_task_stops_at_a_step_with_a_checkpoint_and_one_line(reference, tmp_path):
-    # (SIGTERM, the same handler: tests/test_train.py.)
+    # (SIGTERM, the same handler: tests/runner/test_train.py.)
     want, _ = reference
     workdir = tmp_path / "signal"
     proc = _start(workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -6,29 +6,13 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_outcome import TIMING, assert_same, outcome  # noqa: E402
-from test_train import smoke  # noqa: E402
+from support.run_outcome import TIMING, assert_same, outcome  # noqa: E402
+from support.runs import StopAt, smoke  # noqa: E402
 
-from mist_jax import interrupt, train  # noqa: E402
+from mist_jax.infra import interrupt  # noqa: E402
+from mist_jax.runner import train
 
 NEUTRAL = TIMING | {"checkpoint_every_steps"}  # result-neutral: may differ from the reference
-
-
-class StopAt:
-    """A ``StopSignal`` stand-in: the stop is requested at the k-th boundary check (the runner
-    checks at every step boundary and after each task); ``crash=True`` raises instead, like a
-    process dying there without a checkpoint of its own."""
-
-    def __init__(self, k: int, crash: bool = False):
-        self.k, self.crash, self.calls = k, crash, 0
-
-    @property
-    def requested(self):
-        self.calls += 1
-        if self.calls >= self.k and self.crash:
-            raise RuntimeError("simulated crash")
-        return "SIGTERM" if self.calls >= self.k else None
 
 
 def _config():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mist_jax import metrics
+from mist_jax.runner import metrics
 
 # Three tasks. Row i = accuracies on tasks 0..i after learning task i.
 ACC = [[90.0],

@@ -12,27 +12,13 @@ import jax
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from configs import default as default_config  # noqa: E402
-from mist_jax import train  # noqa: E402
-from run_outcome import TIMING  # noqa: E402
+from mist_jax.runner import train  # noqa: E402
+from support.run_outcome import TIMING  # noqa: E402
+from support.runs import smoke  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 METRIC_KEYS = {"acc_matrix", "top1_curve", "top5_curve", "average_accuracy", "last_accuracy",
                "forgetting", "new_task_accuracy"}
-
-
-def smoke(**overrides):
-    cfg = default_config.get_config("smoke")
-    with cfg.unlocked():
-        cfg.compare_baseline = False
-        for dotted, value in overrides.items():
-            node = cfg
-            *parents, leaf = dotted.split(".")
-            for p in parents:
-                node = node[p]
-            node[leaf] = value
-    return cfg
 
 
 def test_run_writes_all_outputs_with_spec_metric_names(tmp_path):
@@ -173,7 +159,7 @@ def test_a_second_process_on_the_same_workdir_is_refused(tmp_path):
     """A run holds its workdir; another process gets a clear error naming the holder."""
     wd = tmp_path / "w"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from mist_jax.lock import WorkdirLock; "
+        [sys.executable, "-c", "import sys, time; from mist_jax.infra.lock import WorkdirLock; "
          f"lock = WorkdirLock({str(wd)!r}); print('locked', flush=True); time.sleep(60)"],
         cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
@@ -227,8 +213,8 @@ def _tensorboard_events(folder):
 
 
 def test_data_dir_spelt_differently_is_the_same_config(tmp_path, monkeypatch):
-    from mist_jax.checkpoint import config_diff, config_fingerprint
-    from mist_jax.data.sources import default_data_dir
+    from mist_jax.infra.checkpoint import config_diff, config_fingerprint
+    from mist_jax.infra.paths import data_dir as default_data_dir
 
     a = smoke().to_dict()
     b = smoke(**{"data.data_dir": default_data_dir()}).to_dict()

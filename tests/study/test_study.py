@@ -16,7 +16,7 @@ import pytest
 from mist_jax import study as st
 from mist_jax.study import report, stats
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SMOKE = "configs/studies/smoke.py"
 
 
@@ -191,7 +191,7 @@ def test_paper_study_cells_are_the_paper_configs(learner):
 
 
 def test_the_default_jobs_table_says_one_run_and_which_seed():
-    from mist_jax import outputs
+    from mist_jax.runner import outputs
 
     res = {"top1_curve": [80.0, 70.0], "average_accuracy": 75.0, "last_accuracy": 70.0,
            "forgetting": 5.0, "new_task_accuracy": 77.5}

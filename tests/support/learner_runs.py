@@ -5,10 +5,11 @@ learner alone (no MIST) leaves the backbone bitwise unchanged."""
 import jax
 import numpy as np
 import pytest
-from test_in_task import StopAt
-from test_train import smoke
+from support.runs import StopAt
+from support.runs import smoke
 
-from mist_jax import interrupt, train
+from mist_jax.infra import interrupt
+from mist_jax.runner import train
 
 
 def learner_config(name: str, overrides: dict | None = None, **block):

@@ -7,7 +7,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from mist_jax.checkpoint import RunCheckpointer
+from mist_jax.infra.checkpoint import RunCheckpointer
 
 #: Entries that differ between identical runs: wall times.
 TIMING = frozenset({"seconds", "tune_seconds", "learner_seconds", "eval_seconds",

@@ -32,9 +32,9 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from mist_jax.atomic import write_text
+from mist_jax.infra.atomic import write_text
 from mist_jax.data.builders import raw
-from mist_jax.lock import WorkdirLock
+from mist_jax.infra.lock import WorkdirLock
 
 _FEATURE_SHAPE = (28, 28, 1)
 

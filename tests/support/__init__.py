@@ -1,0 +1,1 @@
+"""Helpers the tests share (importable because tests/conftest.py puts tests/ on sys.path)."""
