@@ -22,13 +22,13 @@ Example (embedded default, SLCA alone, 3 tasks; 2.5 minutes on a 2-core CPU):
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from mist_jax.infra import config_files
 from mist_jax.runner import train
 
 _DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "default.py"
@@ -46,10 +46,7 @@ def parse_args():
 
 
 def load_default(arg: str):
-    spec = importlib.util.spec_from_file_location("default_config", _DEFAULT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return config_files.get_config(_DEFAULT, arg)
 
 
 def ncm_accuracy(feats, labels, means):
@@ -78,7 +75,10 @@ def main():
                 lo, hi = data.ranges[s]
                 keep = (data.test_labels >= lo) & (data.test_labels < hi)
                 idx, labels = data.test_idx[keep], data.test_labels[keep]
-            return run.features(split, idx, labels, embed=run._embed), labels
+            embed = run.learner.jitted("embed", run.mesh.replicated)
+            return run.evaluator.features(
+                run.params["backbone"], split, idx, labels,
+                embed=lambda backbone, x: embed(run.learner_state, backbone, x)), labels
 
         print("| after task | task | head | NCM stale | NCM fresh | drift | spread |")
         print("|---|---|---|---|---|---|---|")

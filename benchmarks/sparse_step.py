@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mist_jax.mist import augment, masks, objectives, optim, sensitivity
+from mist_jax.models.normalize import l2_normalize
+from mist_jax.mist import augment, inner, masks, objectives, optim, sensitivity
 from mist_jax.infra import trees
 from mist_jax.models.vit import ViT
 
@@ -57,9 +58,10 @@ def interleaved_times(fns: dict, steps: int) -> dict:
     return {name: (statistics.median(t), min(t)) for name, t in times.items()}
 
 
-def _runner(step, params, tx, arg):
-    """A no-argument closure running one donated step on its own copy of params/state."""
-    carry = [jax.tree.map(jnp.copy, params), tx.init(params)]
+def _runner(step, params, tx, arg, task):
+    """A no-argument closure running one donated step on its own copy of params/state, the
+    optimizer started on ``task`` = (mask, count, frozen, key)."""
+    carry = [jax.tree.map(jnp.copy, params), optim.start_task(tx.init(params), params, *task)]
 
     def run():
         carry[0], carry[1], *_ = step(carry[0], carry[1], arg)
@@ -86,7 +88,7 @@ def main():
     def loss_fn(p, batch):
         x, y, key = batch
         feats = model.apply({"params": p["backbone"]}, augment.two_views(key, x))
-        z = objectives.l2_normalize(feats @ p["head"]["kernel"] + p["head"]["bias"])
+        z = l2_normalize(feats @ p["head"]["kernel"] + p["head"]["bias"], convention="mist")
         return objectives.supervised_nt_xent(z, y)
 
     # A realistic MIST configuration: 10% random selection, counts from two earlier tasks,
@@ -99,10 +101,11 @@ def main():
     frozen = masks.select_top(masks.random_scores(params, seed=1), 0.0005)
 
     optimizers = {
-        "dense": optim.inner_optimizer("sgd"),
-        "mist reference": optim.mist_optimizer(mask, count, frozen, sparsity="reference"),
-        "mist strict": optim.mist_optimizer(mask, count, frozen, sparsity="strict"),
+        "dense": inner.inner_optimizer("sgd"),
+        "mist reference": optim.mist_optimizer(sparsity="reference"),
+        "mist strict": optim.mist_optimizer(sparsity="strict"),
     }
+    task = (mask, count, frozen, 0)  # the dense optimizer has no sparse state to set
     step_fns, update_fns = {}, {}
     grads = jax.tree.map(jnp.ones_like, params)
     for name, tx in optimizers.items():
@@ -115,13 +118,14 @@ def main():
             updates, s = tx.update(grads, s, p)
             return optax.apply_updates(p, updates), s
 
-        step_fns[name] = _runner(jax.jit(train_step, donate_argnums=(0, 1)), params, tx, batch)
+        step_fns[name] = _runner(jax.jit(train_step, donate_argnums=(0, 1)), params, tx, batch,
+                                 task)
         update_fns[f"  update only: {name}"] = _runner(
-            jax.jit(update_only, donate_argnums=(0, 1)), params, tx, grads)
+            jax.jit(update_only, donate_argnums=(0, 1)), params, tx, grads, task)
 
     # Steady state of the scoring pass: the jitted grad + squared-accumulate step that
     # fisher_scores runs for every batch after the first, on a donated running sum.
-    first, accumulate = sensitivity._compiled_steps(loss_fn, 2, None)
+    first, accumulate = sensitivity.compile_steps(loss_fn, 2)
     acc = [first(params, batch, frozen)]
 
     def run_score():

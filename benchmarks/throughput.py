@@ -94,7 +94,8 @@ def worker(args) -> dict:
     import ml_collections
     import numpy as np
 
-    from mist_jax.mist import masks, sensitivity, tuner
+    from mist_jax.mist import masks, sensitivity
+    from mist_jax.mist import tuner as tuner_module
     from mist_jax import mist
     from mist_jax.infra import sharding
     from mist_jax.models.vit import ViT
@@ -121,19 +122,20 @@ def worker(args) -> dict:
     cfg = ml_collections.ConfigDict(dict(
         sparsity="reference", drop_rate=0.9, overlap_decay=0.9, learning_rate=1e-4,
         momentum=0.9, weight_decay=5e-4, head_learning_rate=1e-2, selection_units="official",
-        freeze_rate=0.0, optimizer="sgd"))
+        freeze_rate=0.0, optimizer="sgd", selector="fisher"))
     tuner = mist.Tuner(loss_fn, cfg, params, ctx)
     p_sh = ctx.shardings(params)
 
     def score():
-        jax.block_until_ready(sensitivity.fisher_scores(loss_fn, params, [batch], shardings=p_sh))
+        jax.block_until_ready(sensitivity.fisher_scores(loss_fn, params, [batch], shardings=p_sh,
+                                                        steps=tuner.score_steps))
 
     mask = masks.select("random", 0.1, params=params, seed=0)
     state = masks.init_mist_state(params)
     carry = [ctx.place(jax.tree.map(jnp.array, params)), None]
     carry[1] = tuner.init(carry[0], mask, state.count, state.frozen, jax.random.key(0))
     step = tuner.step
-    step_flops = _flops(tuner._train_step(loss_fn, tuner.tx),  # pylint: disable=protected-access
+    step_flops = _flops(tuner_module._train_step(loss_fn, tuner.tx),  # pylint: disable=protected-access
                         params, carry[1], batch)
 
     def train_step():

@@ -55,9 +55,9 @@ def time_jax(a) -> list[float]:
     loss_fn = mist.make_loss_fn(model, lambda v: v)
     mask = masks.select("random", 0.1, params=params, seed=0)
     state = masks.init_mist_state(params)
-    tx = optim.mist_optimizer(mask, state.count, state.frozen)
+    tx = optim.mist_optimizer()
     step = jax.jit(tuner._train_step(loss_fn, tx), donate_argnums=(0, 1))
-    opt_state = tx.init(params)
+    opt_state = optim.start_task(tx.init(params), params, mask, state.count, state.frozen, 0)
     rng = np.random.RandomState(0)
     batch = (jnp.asarray(rng.rand(a.batch, a.image_size, a.image_size, 3), jnp.float32),
              jnp.asarray(rng.randint(0, 4, a.batch), jnp.int32), jax.random.key(2))

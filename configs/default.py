@@ -11,14 +11,15 @@ Command (after ``bash scripts/setup.sh``)::
 
 Variants: ``--config configs/default.py:smoke`` (a tiny random ViT, seconds; for tests),
 ``--config.learner.name=ranpac``, ``--config.mist.enabled=False``, ``--config.mist.tasks=first``,
-``--config.learner.simplecil.drift_compensation=True``, ``--config.mist.optimizer=adamw``,
-``--config.data.eval_split=validation`` (pick
-hyperparameters on a split carved from the training data, never on test images).
+``--config.learner.simplecil.drift_compensation=True``,
+``--config.mist.optimizer=adamw --config.mist.momentum=0``,
+``--config.data.eval_split=validation`` (pick hyperparameters on a split carved from the
+training data, never on test images).
 
 Devices (``c.mesh``, mist_jax/infra/sharding.py): by default the batch is split over all devices
 (data parallel, params replicated); ``--config.mesh.fsdp=4`` also shards params, scores, masks
 and optimizer state over 4 devices (FSDP). Batch sizes should divide the device count.
-Multi-host: set ``MIST_JAX_DISTRIBUTED=1`` (README, "Scaling out").
+Multi-host: set ``MIST_JAX_DISTRIBUTED=1`` (docs/scaling.md).
 """
 
 import ml_collections
@@ -79,8 +80,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.mist.freeze_rate = 0.0
     c.mist.bookkeeping = True  # count overlaps and freeze after each task (docs/algorithm.md §8)
     c.mist.sparsity = "reference"  # reference (PyTorch SGD) | strict
-    c.mist.optimizer = "sgd"  # the authors' PyTorch SGD, or an optax optimizer name ("adamw")
-    # Backbone lr picked on a validation split (scripts/validation_sweep.sh; README): 1e-5 beat
+    # The authors' PyTorch SGD, or an optax optimizer name ("adamw"; set momentum=0 for one
+    # without an SGD momentum: an option the optimizer does not take is refused by name).
+    c.mist.optimizer = "sgd"
+    # Backbone lr picked on a validation split (scripts/validation_sweep.sh; docs/results.md): 1e-5 beat
     # the authors' 1e-4, which moves this small backbone so far that old prototypes collapse.
     c.mist.learning_rate = 1e-5
     c.mist.head_learning_rate = 1e-2
@@ -88,7 +91,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c.mist.weight_decay = 5e-4
     c.mist.temperature = 0.07
     c.mist.proj_dim = 128
-    c.mist.log_every = 5  # steps between updated_fraction measurements
+    c.mist.log_every = 5  # steps between mist_step events (the updated fraction: every step)
     # Folder of tuned backbones shared by runs that differ only in their learner ("" = off;
     # studies set it): such runs tune once (checkpoint.TunedBackboneCache).
     c.mist.cache_dir = ""

@@ -40,8 +40,12 @@ def run_all(config, workdir: str | Path, stop=None) -> dict[str, dict]:
 
     workdir = Path(workdir)
     learner = learners.get_learner_class(config.learner.name)
-    # A learner that tunes the backbone itself names its run (and has no baseline).
-    own = learner.tunes_backbone
+    # A learner that tunes the backbone itself (even with MIST off) names its run and has no
+    # baseline.
+    off = config.mist.copy_and_resolve_references()
+    with off.unlocked():
+        off.enabled = False
+    own = learner.tuning(off) is not None
     runs = [(learner.name if own else "mist" if config.mist.enabled else "baseline", config)]
     if config.compare_baseline and config.mist.enabled and not own:
         base = config.copy_and_resolve_references()

@@ -1,4 +1,4 @@
-"""The benchmark scripts run on tiny shapes and print the tables the README quotes.
+"""The benchmark scripts run on tiny shapes and print the tables docs/results.md and docs/benchmarks.md quote.
 
 Slow-ish (each script compiles several programs); they keep benchmarks/ from rotting.
 """

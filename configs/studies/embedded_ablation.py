@@ -33,14 +33,13 @@ were skipped; about a minute lost). A SimpleCIL cell takes about 0.2 minutes, a 
 2.8-3.6 minutes. Cluster: ``--list`` prints the cells, ``--cell K`` runs one.
 """
 
-import importlib.util
 from pathlib import Path
 
 import ml_collections
 
-_spec = importlib.util.spec_from_file_location("_study_base", Path(__file__).with_name("_base.py"))
-_base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_base)
+from mist_jax.infra import config_files
+
+_common = config_files.load_module(Path(__file__).resolve().parents[1] / "common.py")
 
 # (select_rate, drop_rate): each axis moved once from the default (0.1, 0.9), which is
 # ``fisher``. Each more point costs 3 cells, about 11 minutes here: the 2 x 2 grid's fourth
@@ -50,7 +49,7 @@ GRID = ((0.05, 0.9), (0.1, 0.5))
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.base = _base.default_config()
+    c.base = _common.default_config()
     c.base.data.train_per_class = 20
     c.base.data.test_per_class = 30
     c.base.data.init_cls = 10

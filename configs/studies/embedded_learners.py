@@ -28,25 +28,24 @@ MIST time that was not spent (about 87 min of compute; the cells ran in four sit
 pair last). Alone: SimpleCIL 0.6, RanPAC 0.7, DualPrompt 5.0, APER 4.9, SLCA 5.8, L2P 7.2,
 CODA-Prompt 8.9 (alongside unit tests), EASE 9.0. MIST afresh on this stream took about 5.2
 min there. A run of its own on the embedded default (60 images per class), each learner with
-and without MIST: ``benchmarks/learner_wall.py`` (README; 4.6-6.9 min with MIST on the faster
+and without MIST: ``benchmarks/learner_wall.py`` (docs/results.md; 4.6-6.9 min with MIST on the faster
 machine of 2026-12-01).
 """
 
-import importlib.util
 from pathlib import Path
 
 import ml_collections
 
-_spec = importlib.util.spec_from_file_location("_study_base", Path(__file__).with_name("_base.py"))
-_base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_base)
+from mist_jax.infra import config_files
+
+_common = config_files.load_module(Path(__file__).resolve().parents[1] / "common.py")
 
 LEARNERS = ("simplecil", "ranpac", "l2p", "dualprompt", "coda_prompt", "aper", "ease", "slca")
 
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.base = _base.default_config()
+    c.base = _common.default_config()
     c.base.learner.ranpac.num_projections = 2000  # as embedded_main
     c.base.data.train_per_class = 40  # as embedded_main
     c.variants = {}

@@ -19,19 +19,18 @@ SimpleCIL + MIST cell about a minute, as it reuses the RanPAC + MIST cell's tuni
 prints the cells, ``--cell K`` runs one.
 """
 
-import importlib.util
 from pathlib import Path
 
 import ml_collections
 
-_spec = importlib.util.spec_from_file_location("_study_base", Path(__file__).with_name("_base.py"))
-_base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_base)
+from mist_jax.infra import config_files
+
+_common = config_files.load_module(Path(__file__).resolve().parents[1] / "common.py")
 
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.base = _base.default_config()
+    c.base = _common.default_config()
     # RanPAC's M = 10000 is sized for ViT-B/16 on 100-200 classes; its 10000 x 10000 float64
     # solve costs ~30 s a task on 2 cores, half the study's time. 2000 random features for
     # 384-d ViT-S features and 30 classes keep the study within 90 minutes.

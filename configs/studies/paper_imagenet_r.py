@@ -17,18 +17,17 @@ and ImageNet-R prepared as for the paper config. A SLURM array job runs one cell
 Published single-run numbers (average / last accuracy): configs/paper.py's docstring.
 """
 
-import importlib.util
 from pathlib import Path
 
 import ml_collections
+
+from mist_jax.infra import config_files
 
 _PAPER = Path(__file__).resolve().parents[1] / "paper.py"
 
 
 def get_config() -> ml_collections.ConfigDict:
-    spec = importlib.util.spec_from_file_location("mist_jax_configs_paper", _PAPER)
-    paper = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(paper)
+    paper = config_files.load_module(_PAPER)
     c = ml_collections.ConfigDict()
     c.base = paper.get_config("dataset=imagenet_r,learner=simplecil")
     c.base.unlock()

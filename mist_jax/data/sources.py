@@ -26,46 +26,22 @@ Data dir: ``data_dir`` argument, else ``$MIST_JAX_DATA``, else the TFDS default
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
+from mist_jax.data import files
 from mist_jax.data.builders.embedded import EMBEDDED, prepare
+from mist_jax.data.image_set import ImageSet, LazyImages
 from mist_jax.infra import paths
 from mist_jax.data.splits import DEFAULT_ORDER_SEED, per_class_split
 
 SPLITS = ("train", "test")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
 # Fixed-shape TFDS sets up to this size are decoded once into one numpy array.
 MATERIALIZE_MAX_BYTES = 1 << 30
 _READ_CHUNK = 4096
-
-
-class LazyImages(Sequence):
-    """Random-access uint8 [H, W, C] images, decoded on demand (subclasses define `_load`)."""
-
-    def __len__(self) -> int:
-        raise NotImplementedError
-
-    def _load(self, indices: Sequence[int]) -> list[np.ndarray]:
-        raise NotImplementedError
-
-    def __getitem__(self, i):
-        if not isinstance(i, (int, np.integer)):
-            raise TypeError(f"{type(self).__name__} takes one integer index; use take() for many.")
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"index {i} out of range for {len(self)} images.")
-        return self._load([int(i) % len(self)])[0]
-
-    def take(self, indices: Sequence[int]) -> list[np.ndarray]:
-        """Images at `indices` (batched read), a list of uint8 [H, W, C] arrays."""
-        return self._load([int(i) for i in indices])
 
 
 class _TfdsImages(LazyImages):
@@ -82,78 +58,6 @@ class _TfdsImages(LazyImages):
         with _reading(self._name, self._folder):
             records = self._source.__getitems__([int(r) for r in self._rows[indices]])
             return [np.asarray(r[self._key], np.uint8) for r in records]
-
-
-class _FileImages(LazyImages):
-    """Image files decoded with PIL and converted to RGB (the authors' pil_loader)."""
-
-    def __init__(self, paths: Sequence[str]):
-        self._paths = list(paths)
-
-    def __len__(self) -> int:
-        return len(self._paths)
-
-    def _load(self, indices):
-        out = []
-        for i in indices:
-            try:
-                with Image.open(self._paths[i]) as im:
-                    out.append(np.asarray(im.convert("RGB"), np.uint8))
-            except (OSError, ValueError) as e:
-                raise ValueError(f"Cannot decode image {self._paths[i]} ({e}); replace or "
-                                 "delete the file.") from e
-        return out
-
-
-def _check_images(paths: Sequence[str]) -> None:
-    """Open every file's header (PIL ``verify``): a non-image or broken file is reported now,
-    before any training, not mid-run. Raises ValueError naming up to 5 bad files."""
-    bad = []
-    for p in paths:
-        try:
-            with Image.open(p) as im:
-                im.verify()
-        except Exception as e:  # pylint: disable=broad-except; PIL raises many kinds
-            bad.append(f"{p} ({type(e).__name__}: {e})")
-    if bad:
-        raise ValueError(f"{len(bad)} file(s) of the image folder are not readable images: "
-                         + "; ".join(bad[:5]) + ". Replace or delete them.")
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageSet:
-    """A labelled image split.
-
-    Attributes:
-      images: uint8 [N, H, W, C] numpy array, or a ``LazyImages`` sequence of uint8 [H, W, C]
-        (C = 1 or 3; sizes may differ per image).
-      labels: int64 [N] class ids in [0, num_classes) (original ids, before class_order).
-      num_classes: number of classes of the dataset (both splits share it).
-      class_names: num_classes names, indexed by class id.
-      name: dataset name as given to ``load_dataset``.
-    """
-
-    images: Any
-    labels: np.ndarray
-    num_classes: int
-    class_names: tuple[str, ...]
-    name: str = ""
-
-    def __post_init__(self):
-        if len(self.images) != len(self.labels):
-            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels.")
-        if len(self.class_names) != self.num_classes:
-            raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes.")
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def take(self, indices) -> np.ndarray | list[np.ndarray]:
-        """uint8 images at `indices`: [n, H, W, C] array (materialised) or list of [H, W, C]."""
-        indices = np.asarray(indices, np.int64)
-        if isinstance(self.images, np.ndarray):
-            return self.images[indices]
-        return self.images.take(indices)
 
 
 def load_dataset(name: str, split: str, *, data_dir: str | os.PathLike | None = None,
@@ -187,9 +91,9 @@ def load_dataset(name: str, split: str, *, data_dir: str | os.PathLike | None = 
         raise ValueError(
             f"manual_dir is only used for cars196 (Stanford Cars files), not {name!r}.")
     if name.startswith("folder:"):
-        return _load_folder(name, split)
+        return files.load_folder(name, split)
     if manual_dir is not None:
-        return _load_cars196_manual(Path(manual_dir), split)
+        return files.load_cars196_manual(Path(manual_dir), split)
     data_dir = os.fspath(data_dir) if data_dir is not None else paths.data_dir()
     if name in EMBEDDED:
         builder = prepare(name, data_dir)
@@ -306,56 +210,3 @@ def _iterate(source):
     """All records of a TFDS data source, read in chunks of _READ_CHUNK."""
     for s in range(0, len(source), _READ_CHUNK):
         yield from source.__getitems__(list(range(s, min(s + _READ_CHUNK, len(source)))))
-
-
-def _load_folder(name: str, split: str) -> ImageSet:
-    root = Path(name[len("folder:"):]).expanduser()
-    split_dirs = {"train": [root / "train"], "test": [root / "test", root / "val"]}
-    found = {s: next((d for d in dirs if d.is_dir()), None) for s, dirs in split_dirs.items()}
-    if found[split] is None:
-        wanted = " or ".join(str(d) for d in split_dirs[split])
-        raise FileNotFoundError(
-            f"Image folder {str(root)!r} has no {split} split: expected {wanted} holding one "
-            "sub-folder of images per class (<root>/train/<class>/*.jpg, <root>/test/<class>/*).")
-    per_split = {s: {c.name for c in d.iterdir() if c.is_dir()} for s, d in found.items()
-                 if d is not None}
-    classes = sorted(set().union(*per_split.values()))
-    if found["train"] is not None and per_split["train"] != set(classes):
-        only = sorted(set(classes) - per_split["train"])
-        raise ValueError(f"Class folder(s) {only[:10]} of {root} have no training images "
-                         f"(no {found['train']}/<class>/): every class needs both splits.")
-    paths, labels = [], []
-    for label, cls in enumerate(classes):
-        cls_dir = found[split] / cls
-        if cls_dir.is_dir():
-            files = sorted(p for p in cls_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-            paths += [os.fspath(p) for p in files]
-            labels += [label] * len(files)
-    if not paths:
-        raise FileNotFoundError(
-            f"No images ({', '.join(IMAGE_EXTENSIONS)}) under {found[split]}/<class>/.")
-    _check_images(paths)
-    return ImageSet(_FileImages(paths), np.asarray(labels, np.int64), len(classes),
-                    tuple(classes), name)
-
-
-def _load_cars196_manual(root: Path, split: str) -> ImageSet:
-    """Stanford Cars from its original files (the layout TFDS cars196 downloads)."""
-    from scipy.io import loadmat  # pylint: disable=import-outside-toplevel
-
-    image_dir = root / ("cars_train" if split == "train" else "cars_test")
-    annos = ("cars_train_annos.mat",) if split == "train" else ("cars_test_annos_withlabels.mat",)
-    candidates = [root / a for a in annos] + [root / "devkit" / a for a in annos]
-    anno = next((p for p in candidates if p.is_file()), None)
-    meta = root / "devkit" / "cars_meta.mat"
-    if anno is None or not image_dir.is_dir() or not meta.is_file():
-        raise FileNotFoundError(
-            f"Stanford Cars files not found in manual_dir {str(root)!r}: need {image_dir}/, "
-            f"{meta} and one of {[str(c) for c in candidates]} (the contents of cars_train.tgz, "
-            "cars_test.tgz, car_devkit.tgz and cars_test_annos_withlabels.mat).")
-    names = np.atleast_1d(loadmat(meta, squeeze_me=True)["class_names"])
-    class_names = tuple(str(n) for n in names)
-    records = np.atleast_1d(loadmat(anno, squeeze_me=True)["annotations"])
-    paths = [os.fspath(image_dir / str(r["fname"])) for r in records]
-    labels = np.asarray([int(r["class"]) - 1 for r in records], np.int64)  # 1-based in the files
-    return ImageSet(_FileImages(paths), labels, len(class_names), class_names, "cars196")

@@ -220,15 +220,17 @@ class RunCheckpointer:
 
 
 class TunedBackboneCache:
-    """MIST's result on each task, shared by runs that differ only in their learner.
+    """MIST's result on each task, shared by runs that start the task from the same state.
 
-    For a learner that does not tune the backbone itself, MIST's trajectory (scores, masks,
-    tuned params and projection head, the count / frozen bookkeeping) depends on the run config
-    without its ``learner`` block: every PRNG stream of MIST is keyed by seed and task
-    (``mist_jax/infra/seeds.py``), never by the learner. So SimpleCIL+MIST and RanPAC+MIST of one
-    seed can tune once. Entries live in ``<directory>/<fingerprint>/<task>`` (orbax), the
-    fingerprint being ``config_fingerprint`` of the config without ``learner``; any other
-    difference (seed, class order, a MIST or data key) is another entry.
+    MIST's trajectory on task t (scores, masks, tuned params and projection head, the count /
+    frozen bookkeeping) depends on the run config without its ``learner`` block, the tuning
+    settings and the state the task starts from: every PRNG stream of MIST is keyed by seed and
+    task (``mist_jax/infra/seeds.py``), never by the learner. So SimpleCIL+MIST and RanPAC+MIST
+    of one seed tune once, while a learner that moves the backbone itself (SLCA) or tunes it
+    with settings of its own (finetune) starts from another state and gets entries of its own.
+    Entries live in ``<directory>/<fingerprint>/<digest>/<task>`` (orbax): the fingerprint is
+    ``config_fingerprint`` of the config without ``learner``, the digest is the caller's hash
+    of the tuning settings and the starting params and bookkeeping (``RunState.digest``).
 
     Args:
       directory: the cache folder (``config.mist.cache_dir``; created if missing).
@@ -238,44 +240,53 @@ class TunedBackboneCache:
     def __init__(self, directory: str | Path, config: dict):
         keyed = {k: v for k, v in config.items() if k != "learner"}
         self.fingerprint = config_fingerprint(keyed)
-        self._manager = ocp.CheckpointManager(
-            Path(directory).absolute() / self.fingerprint,
-            options=ocp.CheckpointManagerOptions(create=True),
-            item_handlers={"state": ocp.StandardCheckpointHandler(),
-                           "record": ocp.JsonCheckpointHandler()})
+        self._root = Path(directory).absolute() / self.fingerprint
+        self._managers: dict[str, ocp.CheckpointManager] = {}
         self._config = keyed
 
-    def load(self, task: int) -> tuple[dict, dict] | None:
-        """``(state, record)`` of ``task`` (state: nested dicts of numpy arrays as saved;
-        record: as given to ``save``), or None when no run has saved it.
+    def _manager(self, digest: str) -> ocp.CheckpointManager:
+        if digest not in self._managers:
+            self._managers[digest] = ocp.CheckpointManager(
+                self._root / digest, options=ocp.CheckpointManagerOptions(create=True),
+                item_handlers={"state": ocp.StandardCheckpointHandler(),
+                               "record": ocp.JsonCheckpointHandler()})
+        manager = self._managers[digest]
+        manager.reload()
+        return manager
+
+    def load(self, task: int, digest: str) -> tuple[dict, dict] | None:
+        """``(state, record)`` of ``task`` started from ``digest`` (state: nested dicts of
+        numpy arrays as saved; record: as given to ``save``), or None when no run saved it.
         Raises: ValueError naming the folder when the entry is unreadable."""
-        self._manager.reload()
-        if task not in self._manager.all_steps():
+        manager = self._manager(digest)
+        if task not in manager.all_steps():
             return None
-        record = RunCheckpointer._restore(self._manager, task, "record", ocp.args.JsonRestore)
-        state = RunCheckpointer._restore(self._manager, task, "state", lambda: (
-            ocp.args.StandardRestore(RunCheckpointer._numpy_target(self._manager, task))))
+        record = RunCheckpointer._restore(manager, task, "record", ocp.args.JsonRestore)
+        state = RunCheckpointer._restore(manager, task, "state", lambda: (
+            ocp.args.StandardRestore(RunCheckpointer._numpy_target(manager, task))))
         return state, record
 
-    def save(self, task: int, state: dict, record: dict) -> None:
+    def save(self, task: int, digest: str, state: dict, record: dict) -> None:
         """Store task ``task``'s tuned state (nested dicts of arrays) and its JSON ``record``
-        (MIST's task log, its step rows, its seconds); a no-op when another run stored it."""
-        self._manager.reload()
-        if task in self._manager.all_steps():
+        (MIST's task log, its step rows, its seconds) under ``digest``; a no-op when another
+        run stored it."""
+        manager = self._manager(digest)
+        if task in manager.all_steps():
             return
         try:
-            self._manager.save(task, args=ocp.args.Composite(
+            manager.save(task, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(jax.tree_util.tree_map(to_host, state)),
                 record=ocp.args.JsonSave(dict(record, config=self._config))))
-            self._manager.wait_until_finished()
+            manager.wait_until_finished()
         except Exception:  # pylint: disable=broad-except
-            self._manager.reload()
-            if task not in self._manager.all_steps():
+            manager.reload()
+            if task not in manager.all_steps():
                 raise
             # Another run (a parallel study cell) stored the same entry first: keep it.
 
     def close(self) -> None:
-        self._manager.close()
+        for manager in self._managers.values():
+            manager.close()
 
 
 def to_host(x: Any) -> Any:

@@ -7,12 +7,18 @@ import logging as pylogging
 from absl import logging
 
 
+#: Libraries whose INFO records are chatter on a run's console (orbax's per-save lines, TFDS's
+#: per-load lines, JAX's "Unable to initialize backend 'tpu'" on a CPU or GPU machine,
+#: matplotlib's font cache).
+NOISY = ("orbax", "tensorflow_datasets", "jax/_src", "matplotlib")
+
+
 class QuietLibraries(pylogging.Filter):
-    """Drop orbax's and TFDS's per-save / per-load INFO records; keep their warnings and
-    errors, and every record of mist-jax itself."""
+    """Drop the ``NOISY`` libraries' INFO records; keep their warnings and errors, and every
+    record of mist-jax itself."""
 
     def filter(self, record: pylogging.LogRecord) -> bool:
-        noisy = "orbax" in record.pathname or "tensorflow_datasets" in record.pathname
+        noisy = any(lib in record.pathname for lib in NOISY)
         return record.levelno >= pylogging.WARNING or not noisy
 
 

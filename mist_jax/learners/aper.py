@@ -54,8 +54,10 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from mist_jax.learners.images import ImageLearner, epoch_cosine, torch_sgd
-from mist_jax.learners.prompting import cosine_head_logits, init_cosine_head, masked_cross_entropy
+from mist_jax.learners.images import ImageLearner, epoch_cosine
+from mist_jax.mist.inner import torch_sgd
+from mist_jax.learners.prompting import cosine_head_logits, init_cosine_head
+from mist_jax.mist.objectives import masked_cross_entropy
 from mist_jax.learners.simplecil import class_means, cosine_logits
 from mist_jax.models.extensions import Extensions, init_adapters, init_ssf
 
@@ -83,10 +85,11 @@ class Aper(ImageLearner):
 
     name: ClassVar[str] = "aper"
     embeds: ClassVar[bool] = True
-    module: str = "adapter"
-    adapter_dim: int = 64
+    module: str = "adapter"  # adapter | ssf | vpt_shallow | vpt_deep | finetune
+    adapter_dim: int = 64  # the reference's ffn_num
     adapter_scale: float = 0.1
-    prompt_token_num: int = 5
+    prompt_token_num: int = 5  # VPT prompt tokens
+    # The first task's loop: SGD with a per-epoch cosine (RevisitingCIL ``_init_train``).
     epochs: int = 5
     batch_size: int = 16
     learning_rate: float = 0.05 * 16 / 24

@@ -1,25 +1,25 @@
-"""What a learner is: a registered plug-in that declares what it needs from the run.
+"""What a learner is: a registered plug-in with one method the runner calls per task.
 
 docs/algorithm.md §1 and §9. After each task's backbone tuning (MIST, or none) the runner
-hands the task to the learner. A learner is an immutable hyper-parameter object built from its
-own config block (``config.learner.<name>``, ``default_config``); its state is a pytree
-(``flax.struct.dataclass``) that orbax checkpoints next to the backbone. Labels are remapped
-(class-order positions) and tasks arrive in order: task t covers classes [start, end) with
-start equal to the number of classes seen before it.
+calls ``learner.learn_task(state, task)`` and, to evaluate, ``learner.test_logits(state,
+view)``; it never asks what kind of learner it holds. A learner is an immutable
+hyper-parameter object built from its own config block (``config.learner.<name>``,
+``default_config``); its state is a pytree (``flax.struct.dataclass``) that orbax
+checkpoints next to the backbone. Labels are remapped (class-order positions) and tasks arrive
+in order: task t covers classes [start, end) with start equal to the number of classes seen.
 
-Two kinds (``inputs``):
+``task`` (the runner's ``runner.task.TaskView``) gives what a learner may need: ``index``,
+``range``, ``labels`` (host int64[N]), ``params`` / ``backbone`` (as tuned for this task),
+``before`` (what ``before_tuning`` returned), ``features(embed=None)`` (float32[N, D] of the
+task's training images, test transform), ``epoch_batches(batch_size)``, ``steps_per_epoch(
+batch_size)``, ``at_boundary`` and ``resume`` (the in-task checkpoint hooks), ``replicated``
+(the mesh's replicated sharding) and ``replace_backbone(backbone)`` (for a learner that trains
+it). ``view`` (``runner.evaluate``) gives ``features()`` of the seen classes' test images,
+``batches()`` of those images, ``backbone`` and ``replicated``.
 
-* ``"features"``: freeze-based learners (SimpleCIL, RanPAC) fit a classifier on features
-  float32[N, D] of the frozen backbone (test transform): ``init(key, feature_dim)``,
-  ``fit_task(state, features, labels, task_range)``, ``logits(state, features)``.
-* ``"images"``: learners with a trainable pytree of their own (prompts, adapters, a head)
-  trained through the frozen backbone on augmented images: see ``ImageLearner``; the runner's
-  ``learners.loop.fit_on_images`` trains it.
-
-Hooks with defaults let a learner change the run without the runner knowing its name:
-``tunes_backbone`` + ``tuning`` (the learner tunes the backbone itself on every task, e.g.
-dense fine-tuning), ``after_tuning`` (read the tuned params), ``tracks_drift`` +
-``compensate`` (move old statistics when the backbone moved).
+This class is the base of the freeze-based learners (SimpleCIL, RanPAC): they fit a
+classifier on features of the backbone; ``learners.images.ImageLearner`` is the base of those
+that train parameters of their own through it.
 """
 
 from __future__ import annotations
@@ -32,25 +32,18 @@ import numpy as np
 
 State = Any
 PyTree = Any
-INPUTS = ("features", "images")
 
 
 class Learner:
     """Base class of every learner (subclass it as a frozen dataclass).
 
-    Class attributes: ``name`` (registry key and config block name), ``inputs`` ("features"
-    or "images"), ``tunes_backbone`` (True: the learner tunes the backbone on every task with
-    the settings of ``tuning``, whatever ``mist.enabled`` says; its runs are named after it).
-
-    Features learners implement ``init(key, feature_dim)``, ``fit_task(state, features,
-    labels, task_range)`` and ``logits(state, features) -> float32[N, >= num_seen]`` (the
-    runner keeps the first num_seen columns; argmax = prediction).
+    Class attribute ``name``: the registry key and config block name. A features learner
+    implements ``init(key, feature_dim)``, ``fit_task(state, features, labels, task_range)``
+    and ``logits(state, features) -> float32[N, >= num_seen]`` (the runner keeps the first
+    num_seen columns; argmax = prediction); ``learn_task`` and ``test_logits`` below call them.
     """
 
     name: ClassVar[str]
-    inputs: ClassVar[str] = "features"
-    tunes_backbone: ClassVar[bool] = False
-    trains_backbone: ClassVar[bool] = False  # image learners only (``ImageLearner``)
 
     @classmethod
     def default_config(cls) -> ml_collections.ConfigDict:
@@ -69,24 +62,36 @@ class Learner:
         del run
         return cls(**config.to_dict())
 
-    def tuning(self, mist_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-        """The backbone-tuning settings when ``tunes_backbone`` (default: ``mist_cfg``)."""
-        return mist_cfg
+    @classmethod
+    def tuning(cls, mist_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict | None:
+        """The backbone-tuning settings of the run: ``config.mist`` when MIST is enabled, else
+        None (the backbone stays as pre-trained). A learner that tunes the backbone itself
+        returns its own settings (``finetune``); their ``tasks`` says which tasks tune."""
+        return mist_cfg if mist_cfg.enabled else None
 
-    def after_tuning(self, state: State, params: PyTree) -> State:
-        """Called after the backbone was tuned on a task, with the tuned ``{"backbone",
-        "head"}`` params (host arrays); default: no change."""
-        del params
-        return state
+    def before_tuning(self, state: State, task) -> Any:
+        """Called before the backbone is tuned on ``task``; what it returns reaches
+        ``learn_task`` as ``task.before`` (default None; SimpleCIL's drift compensation keeps
+        the task's features before tuning)."""
+        del state, task
 
-    @property
-    def tracks_drift(self) -> bool:
-        """True: the runner passes features before and after tuning to ``compensate``."""
-        return False
+    def learn_task(self, state: State, task) -> tuple[State, dict]:
+        """Learn ``task`` (module docstring); returns ``(state, log)`` (JSON-ready entries for
+        the task's log). Default: ``fit_task`` on the task's features, after ``compensate``
+        when ``before_tuning`` gave features."""
+        features = task.features()
+        if task.before is not None:
+            state = self.compensate(state, task.before, features)
+        return self.fit_task(state, features, task.labels, task.range), {}
+
+    def test_logits(self, state: State, view) -> np.ndarray:
+        """float32[N, >= num_seen] logits of the seen classes' test images (``view``, module
+        docstring). Default: ``logits`` on their features."""
+        return np.asarray(self.logits(state, view.features()))
 
     def compensate(self, state: State, before, after) -> State:
         """Move old-class statistics by the drift of the task's features float32[N, D]
-        ``before`` -> ``after`` tuning (called from the second task on); default: no change."""
+        ``before`` -> ``after`` tuning; default: no change."""
         del before, after
         return state
 

@@ -39,7 +39,8 @@ from flax import struct
 
 from mist_jax.infra import seeds
 from mist_jax.learners.images import ImageLearner
-from mist_jax.learners.prompting import init_head, l2_normalize, masked_cross_entropy
+from mist_jax.learners.prompting import init_linear_head, tf_normalize
+from mist_jax.mist.objectives import masked_cross_entropy
 from mist_jax.models.extensions import Extensions
 
 
@@ -125,7 +126,7 @@ class CodaPrompt(ImageLearner):
             "components": jax.random.uniform(kc, (n, m, self.length, feature_dim)),
             "keys": jax.random.uniform(kk, (n, m, feature_dim)),
             "attention": jax.random.uniform(ka, (n, m, feature_dim)),
-            **init_head(kh, feature_dim, self.num_classes)}
+            **init_linear_head(kh, feature_dim, self.num_classes)}
         return self._orthonormal(CodaPromptState(params, jnp.zeros((), jnp.int32),
                                                  seeds.raw_key(korth)))
 
@@ -168,8 +169,8 @@ class CodaPrompt(ImageLearner):
         frozen = lambda x: jnp.where(old.reshape((1, m) + (1,) * (x.ndim - 2)),
                                      jax.lax.stop_gradient(x), x)
         comps, keys, attn = (frozen(params[n]) for n in ("components", "keys", "attention"))
-        aq = l2_normalize(jnp.einsum("bd,nkd->nbkd", query, attn))
-        alpha = jnp.einsum("nbkd,nkd->nbk", aq, l2_normalize(keys))
+        aq = tf_normalize(jnp.einsum("bd,nkd->nbkd", query, attn))
+        alpha = jnp.einsum("nbkd,nkd->nbk", aq, tf_normalize(keys))
         alpha = jnp.where(used, alpha, 0.0)
         return jnp.einsum("nbk,nkld->nbld", alpha, comps)
 

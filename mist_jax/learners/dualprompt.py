@@ -41,7 +41,8 @@ import jax.numpy as jnp
 from flax import struct
 
 from mist_jax.learners.images import ImageLearner
-from mist_jax.learners.prompting import init_head, l2_normalize, masked_cross_entropy, pull
+from mist_jax.learners.prompting import init_linear_head, pull, tf_normalize
+from mist_jax.mist.objectives import masked_cross_entropy
 from mist_jax.models.extensions import Extensions, init_prompts
 
 
@@ -100,7 +101,7 @@ class DualPrompt(ImageLearner):
             "e_key": prompts(ks[2], ne, self.e_length, self.pool_size),
             "e_value": prompts(ks[3], ne, self.e_length, self.pool_size),
             "keys": jax.random.uniform(ks[4], (self.pool_size, feature_dim), jnp.float32, -1, 1),
-            **init_head(ks[5], feature_dim, self.num_classes)}, jnp.zeros((), jnp.int32))
+            **init_linear_head(ks[5], feature_dim, self.num_classes)}, jnp.zeros((), jnp.int32))
 
     def query(self, backbone, images: jax.Array) -> jax.Array:
         """float32[B, D] CLS features of the backbone without prompts (no gradient)."""
@@ -125,7 +126,7 @@ class DualPrompt(ImageLearner):
         """float32[B, C]: each image with the E-prompt of its best-matching trained key."""
         keys = state.params["keys"]
         seen = jnp.arange(keys.shape[0]) < jnp.maximum(state.task, 1)
-        cos = l2_normalize(self.query(backbone, images)) @ l2_normalize(keys).T  # [B, M]
+        cos = tf_normalize(self.query(backbone, images)) @ tf_normalize(keys).T  # [B, M]
         ids = jnp.argmax(jnp.where(seen, cos, -jnp.inf), axis=1).astype(jnp.int32)
         return self.classify(state.params, backbone, images, ids)
 

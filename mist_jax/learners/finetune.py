@@ -1,7 +1,7 @@
 """Full fine-tuning with cross-entropy: the forgetting-prone reference (no freezing, no MIST).
 
-The learner tunes the backbone itself (``tunes_backbone``): on every task the runner trains the
-whole backbone and a linear classifier over all classes with cross-entropy on the task's images
+The learner tunes the backbone itself (its ``tuning`` is never None): on every task the runner
+trains the whole backbone and a linear classifier over all classes with cross-entropy on the task's images
 (MIST's tuner with the ``tuning`` settings: a dense mask, no drop, no damping, no freezing);
 this learner then predicts with that classifier over the classes seen so far. It exists to show
 what sparse tuning and freezing protect against (catastrophic forgetting).
@@ -35,7 +35,6 @@ class FineTune(Learner):
     """Cross-entropy fine-tuning reference over ``num_classes`` classes."""
 
     name: ClassVar[str] = "finetune"
-    tunes_backbone: ClassVar[bool] = True
     num_classes: int
 
     @classmethod
@@ -44,19 +43,23 @@ class FineTune(Learner):
         del run
         return cls(num_classes=num_classes, **config.to_dict())
 
-    def tuning(self, mist_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    @classmethod
+    def tuning(cls, mist_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         """``config.mist`` turned into dense cross-entropy fine-tuning of the whole backbone
-        and a classifier over all classes: every weight selected, no drop, no damping, no
-        freezing. Learning rates, epochs, batch size and optimizer stay as configured."""
+        and a classifier over all classes on every task, whatever ``mist.enabled`` says:
+        every weight selected, no drop, no damping, no freezing. Learning rates, epochs, batch
+        size and optimizer stay as configured."""
         cfg = mist_cfg.copy_and_resolve_references()
         with cfg.unlocked():
             cfg.update(objective="ce", selector="random", select_rate=1.0, drop_rate=0.0,
-                       overlap_decay=1.0, bookkeeping=False)
+                       overlap_decay=1.0, bookkeeping=False, tasks="all", enabled=True)
         return cfg
 
-    def after_tuning(self, state: FineTuneState, params) -> FineTuneState:
-        """Install the classifier trained with the backbone (``params["head"]``, to host)."""
-        return self.with_classifier(state, jax.device_get(params["head"]))
+    def learn_task(self, state: FineTuneState, task) -> tuple[FineTuneState, dict]:
+        """Install the classifier trained with the backbone (``task.params["head"]``), then
+        mark the task's classes seen (``fit_task``)."""
+        state = self.with_classifier(state, jax.device_get(task.params["head"]))
+        return super().learn_task(state, task)
 
     def init(self, key: jax.Array, feature_dim: int) -> FineTuneState:
         """Zero classifier [D, num_classes] (the runner installs the trained one)."""

@@ -1,4 +1,4 @@
-"""Learners that train a pytree of their own through the frozen backbone (``inputs="images"``).
+"""Learners that train a pytree of their own through the frozen backbone (``ImageLearner``).
 
 Prompt-, prefix- and adapter-based learners (L2P, DualPrompt, CODA-Prompt, APER, EASE) keep the
 pre-trained backbone frozen (MIST may have tuned it before the task) and train extra parameters
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mist_jax.infra import trees
+from mist_jax.infra import loop
 from mist_jax.learners.base import Learner
 
 PyTree = Any
@@ -58,8 +58,8 @@ class ImageLearner(Learner):
     keys).
     """
 
-    inputs: ClassVar[str] = "images"
     embeds: ClassVar[bool] = False
+    trains_backbone: ClassVar[bool] = False
     epochs: int = 1
     batch_size: int = 32
     learning_rate: float = 1e-3
@@ -113,6 +113,36 @@ class ImageLearner(Learner):
         del features, labels, task_range
         return state
 
+    def learn_task(self, state, task) -> tuple[Any, dict]:
+        """``fit_on_images`` on the task's training batches (resumable at every step), the
+        trained backbone handed back when ``trains_backbone``, then with ``embeds``
+        ``fit_features`` on ``embed``'s features of the task's images. Returns ``(state,
+        {"learner_loss_per_epoch": [...]})``."""
+        state, losses, backbone = fit_on_images(
+            self, state, task.backbone, task.epoch_batches(self.batch_size), task.range,
+            at_boundary=task.at_boundary, resume=task.resume,
+            steps_per_epoch=task.steps_per_epoch(self.batch_size))
+        if self.trains_backbone:
+            task.replace_backbone(backbone)
+        if self.embeds:
+            embed = self.jitted("embed", task.replicated)
+            features = task.features(embed=lambda backbone, x: embed(state, backbone, x))
+            state = self.fit_features(state, features, task.labels, task.range)
+        return state, {"learner_loss_per_epoch": losses}
+
+    def test_logits(self, state, view) -> np.ndarray:
+        """``logits`` of the seen classes' test images, batch by batch (``view.batches()``)."""
+        logits = self.jitted("logits", view.replicated)
+        return np.concatenate([np.asarray(logits(state, view.backbone, x))
+                               for x, _ in view.batches()])
+
+    def jitted(self, method: str, replicated) -> Callable:
+        """``jax.jit`` of ``method`` (``"logits"`` or ``"embed"``) with replicated outputs,
+        compiled once per learner object (kept in ``_steps`` with the training steps)."""
+        if method not in self._steps:
+            self._steps[method] = jax.jit(getattr(self, method), out_shardings=replicated)
+        return self._steps[method]
+
 
 def epoch_cosine(learning_rate: float, epochs: int, steps_per_epoch: int,
                  min_lr: float = 0.0) -> optax.Schedule:
@@ -124,14 +154,6 @@ def epoch_cosine(learning_rate: float, epochs: int, steps_per_epoch: int,
         cosine = 0.5 * (1.0 + jnp.cos(jnp.pi * epoch / max(epochs, 1)))
         return min_lr + (learning_rate - min_lr) * cosine
     return schedule
-
-
-def torch_sgd(learning_rate: optax.ScalarOrSchedule, momentum: float, weight_decay: float
-              ) -> optax.GradientTransformation:
-    """``torch.optim.SGD(lr, momentum, weight_decay)``: the L2 term added to the gradient
-    before momentum (coupled decay), then ``p -= lr * buf``."""
-    return optax.chain(optax.add_decayed_weights(weight_decay),
-                       optax.sgd(learning_rate, momentum=momentum or None))
 
 
 def fit_on_images(learner: ImageLearner, state, backbone: PyTree,
@@ -161,46 +183,32 @@ def fit_on_images(learner: ImageLearner, state, backbone: PyTree,
       ValueError: a NaN/inf loss.
     """
     tx, step = _compiled(learner, steps_per_epoch)
-    epochs = learner.train_epochs(task_range)
     # A private copy: the step donates its params, and ``state`` (read by in-task checkpoints)
     # keeps its own.
     params = jax.tree.map(jnp.array, {"params": state.params, "backbone": backbone}
                           if learner.trains_backbone else state.params)
-    opt_state = tx.init(params)
+    carry = (params, tx.init(params))
     bounds = jnp.asarray(task_range, jnp.int32)
     frozen = None if learner.trains_backbone else backbone
-    fixed = None  # (state, bounds), placed on the mesh at the first step
-    losses, epoch0, batch0, epoch_losses = [], 0, 0, []
-    if resume is not None:
-        params = jax.tree.map(jnp.asarray, trees.from_leaf_dict(params, resume["params"]))
-        opt_state = jax.tree.map(jnp.asarray, trees.from_leaf_dict(opt_state, resume["opt_state"]))
-        losses = [float(x) for x in np.asarray(resume["losses"]).reshape(-1)]
-        epoch_losses = list(np.asarray(resume["epoch_losses"]).reshape(-1))
-        epoch0, batch0 = int(resume["epoch"]), int(resume["batch"])
-    for epoch in range(epoch0, epochs):
-        start = batch0 if epoch == epoch0 else 0
-        epoch_losses = epoch_losses if epoch == epoch0 else []
-        for b, (images, labels) in enumerate(epoch_batches(epoch, start), start=start + 1):
-            if fixed is None:  # first step: everything on the batches' mesh
-                params, opt_state, fixed = _on_mesh_of(images, (params, opt_state,
-                                                                (state, bounds)))
-            params, opt_state, loss = step(params, opt_state, fixed[0], frozen, images, labels,
-                                           fixed[1])
-            epoch_losses.append(loss)
-            if at_boundary is not None:
-                at_boundary({"phase": "learner", "epoch": epoch, "batch": b}, lambda: {
-                    "params": trees.leaf_dict(params), "opt_state": trees.leaf_dict(opt_state),
-                    "losses": np.asarray(losses, np.float64).reshape(-1),
-                    "epoch_losses": np.asarray(jax.device_get(epoch_losses), np.float32),
-                    "epoch": epoch, "batch": b})
-        mean = float(np.mean(jax.device_get(epoch_losses))) if epoch_losses else 0.0
-        if not np.isfinite(mean):
-            raise ValueError(f"learner {learner.name!r}: loss became {mean} in epoch {epoch}; "
-                             f"lower learner.{learner.name}.learning_rate.")
-        losses.append(mean)
+    fixed = []  # (state, bounds), placed on the batches' mesh at the first step
+
+    def train_step(carry, batch):
+        images, labels = batch
+        if not fixed:  # first step: everything on the batches' mesh
+            carry, placed = _on_mesh_of(images, (carry, (state, bounds)))
+            fixed.extend(placed)
+        params, opt_state, loss = step(*carry, fixed[0], frozen, images, labels, fixed[1])
+        return (params, opt_state), loss, None
+
+    run = (loop.LoopState(epoch=0, carry=carry) if resume is None else
+           loop.LoopState.restore(resume, carry, lambda c: jax.tree.map(jnp.asarray, c)))
+    run = loop.run_epochs(train_step, run, epoch_batches, range(learner.train_epochs(task_range)),
+                          phase="learner", at_boundary=at_boundary, empty_loss=0.0,
+                          nan_hint=f"lower learner.{learner.name}.learning_rate.")
+    params = run.carry[0]
     if learner.trains_backbone:
         params, backbone = params["params"], params["backbone"]
-    return learner.end_task(state.replace(params=params), task_range), losses, backbone
+    return learner.end_task(state.replace(params=params), task_range), run.losses, backbone
 
 
 def _on_mesh_of(batch: jax.Array, tree: PyTree) -> PyTree:

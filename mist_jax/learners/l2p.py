@@ -33,7 +33,8 @@ import jax.numpy as jnp
 from flax import struct
 
 from mist_jax.learners.images import ImageLearner
-from mist_jax.learners.prompting import init_head, masked_cross_entropy, pull, select_prompts
+from mist_jax.learners.prompting import init_linear_head, pull, select_prompts
+from mist_jax.mist.objectives import masked_cross_entropy
 from mist_jax.models.extensions import Extensions, init_prompts
 
 
@@ -74,7 +75,7 @@ class L2P(ImageLearner):
         return L2PState({
             "prompts": init_prompts(kp, self.model, self.length, pool=self.pool_size),
             "keys": jax.random.uniform(kk, (self.pool_size, feature_dim), jnp.float32, -1, 1),
-            **init_head(kh, feature_dim, self.num_classes)})
+            **init_linear_head(kh, feature_dim, self.num_classes)})
 
     def query(self, backbone, images: jax.Array) -> jax.Array:
         """float32[B, D] CLS features of the backbone without prompts (no gradient)."""

@@ -11,17 +11,13 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
 
-from mist_jax.learners.simplecil import unit_rows
-
-_EPS = 1e-12  # the reference code's l2_normalize epsilon (on the squared norm)
+from mist_jax.models.normalize import l2_normalize
 
 
-def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
-    """``x / max(||x||, sqrt(1e-12))`` along ``axis`` (float32 in, float32 out, same shape)."""
-    sq = jnp.sum(x * x, axis=axis, keepdims=True)
-    return x * jax.lax.rsqrt(jnp.maximum(sq, _EPS))
+def tf_normalize(x: jax.Array) -> jax.Array:
+    """The reference code's ``l2_normalize`` along the last axis (``"tf"`` convention)."""
+    return l2_normalize(x, convention="tf")
 
 
 def select_prompts(query: jax.Array, keys: jax.Array, top_k: int, batchwise: bool
@@ -37,7 +33,7 @@ def select_prompts(query: jax.Array, keys: jax.Array, top_k: int, batchwise: boo
       ``(ids int32[B, top_k], cos float32[B, M])``: the chosen prompt ids (in decreasing
       similarity, or decreasing count when batchwise) and all query-key cosines.
     """
-    cos = l2_normalize(query) @ l2_normalize(keys).T
+    cos = tf_normalize(query) @ tf_normalize(keys).T
     _, ids = jax.lax.top_k(cos, top_k)
     if batchwise:
         counts = jax.nn.one_hot(ids, keys.shape[0], dtype=jnp.int32).sum(axis=(0, 1))
@@ -50,22 +46,11 @@ def pull(query: jax.Array, keys: jax.Array, ids: jax.Array) -> jax.Array:
     """The surrogate matching term ``sum_{b, n} cos(q_b, k_{ids[b, n]}) / B`` (float32 scalar;
     its gradient reaches the chosen keys only; the query is treated as given).
     query float32[B, D], keys float32[M, D], ids int32[B, N]."""
-    q = jax.lax.stop_gradient(l2_normalize(query))
-    return jnp.sum(l2_normalize(keys)[ids] * q[:, None]) / query.shape[0]
+    q = jax.lax.stop_gradient(tf_normalize(query))
+    return jnp.sum(tf_normalize(keys)[ids] * q[:, None]) / query.shape[0]
 
 
-def masked_cross_entropy(logits: jax.Array, labels: jax.Array, task_range: jax.Array
-                         ) -> jax.Array:
-    """Mean cross-entropy over the task's classes only (logits float32[B, C], labels int32[B],
-    task_range int32[2] = (start, end)): the other logits are masked to -inf (L2P's train
-    mask; LAMDA-PILOT masks the earlier classes and drops the later ones, the same)."""
-    classes = jnp.arange(logits.shape[-1])
-    in_task = (classes >= task_range[0]) & (classes < task_range[1])
-    logits = jnp.where(in_task, logits, -jnp.inf)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-
-def init_head(key: jax.Array, feature_dim: int, num_classes: int) -> dict:
+def init_linear_head(key: jax.Array, feature_dim: int, num_classes: int) -> dict:
     """Linear head ``{"kernel": float32[D, C], "bias": float32[C]}``: truncated normal kernel
     (std 0.02, timm's ViT head init), zero bias."""
     kernel = 0.02 * jax.random.truncated_normal(key, -2.0, 2.0, (feature_dim, num_classes))
@@ -83,4 +68,4 @@ def init_cosine_head(key: jax.Array, feature_dim: int, num_classes: int) -> dict
 def cosine_head_logits(head: dict, features: jax.Array) -> jax.Array:
     """float32[N, C]: ``sigma * cos(features[n], weight[c])`` for ``init_cosine_head``'s head
     and features float32[N, D] (norms clipped at 1e-12, torch ``F.normalize``)."""
-    return head["sigma"] * (unit_rows(features) @ unit_rows(head["weight"]).T)
+    return head["sigma"] * (l2_normalize(features) @ l2_normalize(head["weight"]).T)

@@ -21,6 +21,7 @@ from flax import struct
 
 from mist_jax.learners.base import Learner, check_task
 from mist_jax.learners.drift import DEFAULT_SIGMA, compensate_drift
+from mist_jax.models.normalize import l2_normalize
 
 
 @struct.dataclass
@@ -30,15 +31,10 @@ class SimpleCILState:
     prototypes: jax.Array
 
 
-def unit_rows(x: jax.Array) -> jax.Array:
-    """x / max(||x||_2, 1e-12) along the last axis (torch ``F.normalize``), same shape."""
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 @jax.jit
 def cosine_logits(features: jax.Array, prototypes: jax.Array) -> jax.Array:
     """float32[N, D] x float32[K, D] -> float32[N, K] cosine similarities (eps 1e-12 on norms)."""
-    return unit_rows(features) @ unit_rows(prototypes).T
+    return l2_normalize(features) @ l2_normalize(prototypes).T
 
 
 def class_means(features: jax.Array, labels: jax.Array, start: int, num_classes: int) -> jax.Array:
@@ -81,13 +77,15 @@ class SimpleCIL(Learner):
         """Cosine similarities float32[N, num_seen]."""
         return cosine_logits(jnp.asarray(features, jnp.float32), state.prototypes)
 
-    @property
-    def tracks_drift(self) -> bool:
-        return self.drift_compensation
+    def before_tuning(self, state: SimpleCILState, task):
+        """With ``drift_compensation``, from the second task on: the task's features before
+        MIST tunes the backbone (``compensate`` moves the prototypes by their drift)."""
+        del state
+        return task.features() if self.drift_compensation and task.index > 0 else None
 
     def compensate(self, state: SimpleCILState, before, after) -> SimpleCILState:
         """SDC of the unit-normalised prototypes by the task's unit-normalised feature drift
         (the cosine classifier only uses prototype directions)."""
-        unit = lambda x: unit_rows(jnp.asarray(x, jnp.float32))
+        unit = lambda x: l2_normalize(jnp.asarray(x, jnp.float32))
         return state.replace(prototypes=compensate_drift(
             unit(state.prototypes), unit(before), unit(after), self.drift_sigma))

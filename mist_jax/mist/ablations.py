@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mist_jax.mist import masks, objectives, optim, tuner
+from mist_jax.mist import inner, masks, objectives, tuner
 from mist_jax.infra import seeds, sharding
 
 PyTree = Any
@@ -41,7 +41,7 @@ MODES = ("mist", "rand", "l2", "grad")
 def requested(mist_cfg: Any) -> bool:
     """Whether ``config.mist`` asks for one of the authors' ablation procedures (``spr`` of
     rand | l2 | grad) instead of MIST; a config without the key is MIST."""
-    return mist_cfg.get("spr", "mist") != "mist"
+    return mist_cfg.spr != "mist"
 
 
 class StepMaskState(NamedTuple):
@@ -72,8 +72,7 @@ def step_mask(kind: str, rate: float, seed: Any = 0) -> optax.GradientTransforma
     """
     if kind not in MODES[1:]:
         raise ValueError(f"spr step mask {kind!r}: use one of {MODES[1:]}.")
-    if not 0.0 < rate <= 1.0:
-        raise ValueError(f"spr rate must be in (0, 1], got {rate}.")
+    masks.check_rate("spr rate", rate)
 
     def init(params):
         del params
@@ -106,7 +105,7 @@ def make_loss_fn(model: nn.Module, preprocess: Callable, num_classes: int) -> Ca
 
     ``batch = (images float32[B, S, S, 3], labels int32[B], key (unused), task_range
     int32[2] = (first class, end))``; ``params = {"backbone", "head": Dense(num_classes)}``.
-    Logits of classes outside ``[first, end)`` are set to -1e9 (``logits[:, known:]``).
+    Logits of classes outside ``[first, end)`` are masked out (``logits[:, known:]``).
     """
     head = nn.Dense(num_classes)
 
@@ -114,9 +113,7 @@ def make_loss_fn(model: nn.Module, preprocess: Callable, num_classes: int) -> Ca
         images, labels, _, task_range = batch
         feats = model.apply({"params": params["backbone"]}, preprocess(images))
         logits = head.apply({"params": params["head"]}, feats).astype(jnp.float32)
-        cls = jnp.arange(num_classes)
-        logits = jnp.where((cls >= task_range[0]) & (cls < task_range[1]), logits, -1e9)
-        return objectives.cross_entropy(logits, labels)
+        return objectives.masked_cross_entropy(logits, labels, task_range)
 
     return loss_fn
 
@@ -134,9 +131,7 @@ class SprTuner:
             raise ValueError(f"SprTuner needs mist.spr in {MODES[1:]}, got {cfg.spr!r}.")
         self.loss_fn, self.cfg = loss_fn, cfg
         self.mesh = mesh or sharding.MeshContext(sharding.make_mesh())
-        inner = optim.inner_optimizer(cfg.optimizer, cfg.learning_rate, cfg.momentum,
-                                      cfg.weight_decay, cfg.head_learning_rate)
-        self.tx = optax.chain(step_mask(cfg.spr, cfg.select_rate), inner)
+        self.tx = optax.chain(step_mask(cfg.spr, cfg.select_rate), inner.from_config(cfg))
 
         def init(params, mask, count, frozen, key):  # tuner.tune's signature; no task mask
             del mask, count, frozen
@@ -149,7 +144,7 @@ class SprTuner:
     def adapt(self, params: PyTree, state: masks.MistState,
               epoch_batches: Callable[[int, int], Iterable], key: jax.Array,
               on_step: Callable[[dict], None] | None = None,
-              at_boundary: mist.Boundary | None = None, resume: dict | None = None,
+              at_boundary: tuner.Boundary | None = None, resume: dict | None = None,
               task_range: tuple[int, int] = (0, 0)) -> tuple[PyTree, masks.MistState, dict]:
         """``mist.epochs`` update epochs of the procedure on one task (epoch 0 included).
 

@@ -26,22 +26,9 @@ def _fmix32(h: jax.Array) -> jax.Array:
     return h ^ (h >> 16)
 
 
-def keep_mask(key: jax.Array, shape: tuple[int, ...], keep_prob: float) -> jax.Array:
-    """bool[shape], element j True with probability keep_prob (rounded to a multiple of 2^-32).
-
-    Keyed counter-based hash of the flat (row-major) index j; see the module docstring.
-
-    Args:
-      key: PRNG key (raw uint32[2] or typed); two threefry words are drawn from it.
-      shape: static output shape (fewer than 2^32 elements).
-      keep_prob: static probability in [0, 1].
-    """
-    return hashed_keep(jax.random.bits(key, (2,), jnp.uint32), shape, keep_prob)
-
-
 def leaf_words(key: jax.Array, num_leaves: int) -> jax.Array:
     """uint32[num_leaves, 2]: row i holds ``jax.random.bits(fold_in(key, i), (2,), uint32)``,
-    the words ``keep_mask(fold_in(key, i), ...)`` would draw for leaf i.
+    the two words that decide leaf i's keep mask (``hashed_keep``).
 
     One batched threefry for all leaves: a Python loop of per-leaf draws puts one threefry
     computation per leaf into the step, and XLA:CPU took 10 s to compile ViT-S's 224 of them
@@ -52,7 +39,10 @@ def leaf_words(key: jax.Array, num_leaves: int) -> jax.Array:
 
 
 def hashed_keep(words: jax.Array, shape: tuple[int, ...], keep_prob: float) -> jax.Array:
-    """``keep_mask`` from its two threefry words uint32[2] (``leaf_words``' rows)."""
+    """bool[shape], element j True with probability keep_prob (rounded to a multiple of
+    2^-32): the keyed counter-based hash of the flat (row-major) index j (module docstring),
+    keyed by two threefry words uint32[2] (``leaf_words``' rows). ``shape`` static, fewer than
+    2^32 elements; ``keep_prob`` static in [0, 1]."""
     if keep_prob >= 1.0:
         return jnp.ones(shape, bool)
     j = jnp.zeros(shape, jnp.uint32)

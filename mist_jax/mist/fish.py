@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mist_jax.models.normalize import l2_normalize
 from mist_jax.mist import objectives
 
 PyTree = Any
@@ -39,8 +40,8 @@ def make_loss_fn(model: nn.Module, preprocess: Callable, temperature: float = 0.
 
     def loss_fn(params, batch):
         images, labels, _, classes, prototypes = batch
-        feats = objectives.l2_normalize(model.apply({"params": params["backbone"]},
-                                                    preprocess(images)).astype(jnp.float32))
+        feats = model.apply({"params": params["backbone"]}, preprocess(images))
+        feats = l2_normalize(feats.astype(jnp.float32), convention="mist")
         logits = feats @ prototypes.T / temperature
         return objectives.cross_entropy(logits, jnp.searchsorted(classes, labels))
 

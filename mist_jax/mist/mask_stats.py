@@ -112,15 +112,3 @@ def overall_fraction(
     kept = [v for k, v in report.items() if not any(c.search(k) for c in compiled)]
     total = sum(t for _, t in kept)
     return sum(s for s, _ in kept) / total if total else 0.0
-
-
-def format_coverage(
-    report: dict[str, tuple[int, int]], exclude: Sequence[str] | None = None
-) -> str:
-    """Human-readable table of a `coverage` report and the overall fraction over non-`exclude`."""
-    width = max((len(k) for k in report), default=4)
-    lines = [f"{'tensor':<{width}}  {'selected':>12}  {'total':>12}  {'%':>7}"]
-    for k, (s, t) in report.items():
-        lines.append(f"{k:<{width}}  {s:>12d}  {t:>12d}  {100.0 * s / max(t, 1):>6.2f}%")
-    lines.append(f"overall: {100.0 * overall_fraction(report, exclude):.3f}%")
-    return "\n".join(lines)

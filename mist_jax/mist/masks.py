@@ -88,11 +88,15 @@ def quantile_threshold(x: jax.Array, q: float) -> jax.Array:
     return a + (b - a) * np.float32(g)
 
 
-def _check_rate(name: str, rate: float, low_inclusive: bool = False) -> None:
+def check_rate(name: str, rate: float, low_inclusive: bool = False, usual: str = "0.1") -> None:
+    """The one check of every MIST rate: ``rate`` in (0, 1], or [0, 1] with ``low_inclusive``.
+
+    Raises: ValueError naming ``name``, the interval, the value and ``usual`` (a typical value).
+    """
     ok = (0.0 <= float(rate) <= 1.0) if low_inclusive else (0.0 < float(rate) <= 1.0)
     if not ok:
         interval = "[0, 1]" if low_inclusive else "(0, 1]"
-        raise ValueError(f"{name} must be in {interval}, got {rate}; e.g. 0.1 for 10%.")
+        raise ValueError(f"{name} must be in {interval}, got {rate}; e.g. {usual}.")
 
 
 def _check_units(units: str) -> None:
@@ -160,7 +164,7 @@ def select_top(
     Raises:
       ValueError: select_rate outside (0, 1] or unknown units.
     """
-    _check_rate("select_rate", select_rate)
+    check_rate("select_rate", select_rate)
     leaves, treedef = jax.tree.flatten(scores)
     thresholds = _unit_thresholds(scores, 1.0 - float(select_rate), exempt, units)
     out = [jnp.ones(jnp.shape(s), bool) if t is None else s.astype(jnp.float32) >= t
@@ -272,7 +276,7 @@ def update_after_task(
     Raises:
       ValueError: freeze_rate outside [0, 1] or unknown units.
     """
-    _check_rate("freeze_rate", freeze_rate, low_inclusive=True)
+    check_rate("freeze_rate", freeze_rate, low_inclusive=True)
     thresholds = _unit_thresholds(scores, 1.0 - float(freeze_rate), exempt, units)
     counts, treedef = jax.tree.flatten(state.count)
     frozen = treedef.flatten_up_to(state.frozen)

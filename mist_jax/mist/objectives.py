@@ -20,21 +20,6 @@ import optax
 Objective = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-8) -> jax.Array:
-    """x / (||x||_2 + eps) along `axis` (code `normalize`), float32, with a finite gradient at 0.
-
-    Args:
-      x: float array of any shape.
-      axis: axis to normalise over.
-      eps: added to the norm.
-
-    Returns:
-      float32 array shaped like x.
-    """
-    x = x.astype(jnp.float32)
-    return x / (optax.safe_norm(x, 0.0, axis=axis, keepdims=True) + eps)
-
-
 def _check_two_view(z: jax.Array, labels: jax.Array) -> int:
     if z.ndim != 2 or z.shape[0] % 2:
         raise ValueError(
@@ -142,6 +127,17 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.mean(
         optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
     )
+
+
+def masked_cross_entropy(logits: jax.Array, labels: jax.Array, task_range: jax.Array
+                         ) -> jax.Array:
+    """Mean cross-entropy over the task's classes only (logits float32[B, C], labels int32[B],
+    task_range int32[2] = (start, end)): the other logits are masked to -inf (L2P's train
+    mask; LAMDA-PILOT masks the earlier classes and drops the later ones, the same)."""
+    classes = jnp.arange(logits.shape[-1])
+    in_task = (classes >= task_range[0]) & (classes < task_range[1])
+    logits = jnp.where(in_task, logits, -jnp.inf)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
 OBJECTIVES: dict[str, Objective] = {

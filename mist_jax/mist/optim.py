@@ -12,7 +12,7 @@ Design:
   clipped to 254, where 0.9 ** 254 = 2e-12). The factor overlap_decay ** (code - 1) is
   looked up in the fused update; 1 byte per element instead of a float32 factor keeps the
   extra memory traffic small.
-- Cheap, fused Bernoulli draws (`drop.keep_mask`, a keyed counter-based hash of each
+- Cheap, fused Bernoulli draws (`drop.hashed_keep`, a keyed counter-based hash of each
   element's index), fused into the update; the bits are the same on any device count.
 - One transform for a whole run: `start_task` resets the sparse state inside any optimizer
   state for a new task's mask, counts, frozen flags and key, so the step compiles once.
@@ -27,8 +27,6 @@ Design:
 
 from __future__ import annotations
 
-import inspect
-import re
 from typing import Any, NamedTuple
 
 import jax
@@ -38,6 +36,8 @@ import optax
 
 from mist_jax.infra import trees
 from mist_jax.mist import drop
+from mist_jax.mist.masks import check_rate
+from mist_jax.mist import inner as inner_lib
 from mist_jax.infra import seeds
 
 PyTree = Any
@@ -68,19 +68,19 @@ class StrictState(NamedTuple):
 
 
 class _Sparse(NamedTuple):
-    """Static configuration and the pure pieces shared by the reference and strict chains."""
+    """The rates and the pure pieces shared by the reference and strict chains."""
 
-    mask: PyTree
-    count: PyTree
-    frozen: PyTree
     drop_rate: float
     overlap_decay: float
-    seed: Any  # int seed or PRNG key
 
-    def init(self, params: PyTree) -> SparseTuningState:
-        mask = trees.expand_prefix(self.mask, params, True)
-        count = trees.expand_prefix(self.count, params, 0)
-        frozen = trees.expand_prefix(self.frozen, params, False)
+    @staticmethod
+    def init(params: PyTree, mask: PyTree | None = None, count: PyTree | None = None,
+             frozen: PyTree | None = None, seed: Any = 0) -> SparseTuningState:
+        """A task's state: codes from ``mask``, ``count``, ``frozen`` (pytrees shaped like
+        params, prefixes with None, or None: all selected, count 0, nothing frozen)."""
+        mask = trees.expand_prefix(mask, params, True)
+        count = trees.expand_prefix(count, params, 0)
+        frozen = trees.expand_prefix(frozen, params, False)
 
         def code(m, c, f):
             candidate = m.astype(bool) & ~f.astype(bool)
@@ -88,7 +88,7 @@ class _Sparse(NamedTuple):
 
         return SparseTuningState(
             step=jnp.zeros([], jnp.int32),
-            key=seeds.raw_key(self.seed),
+            key=seeds.raw_key(seed),
             code=jax.tree.map(code, mask, count, frozen),
         )
 
@@ -108,7 +108,7 @@ class _Sparse(NamedTuple):
         words = drop.leaf_words(jax.random.fold_in(state.key, state.step), len(leaves))
         grads, live = [], []
         for i, (g, c, k) in enumerate(zip(leaves, codes, kept)):
-            if k is None:  # = drop.keep_mask(fold_in(fold_in(key, step), i), ...)
+            if k is None:  # the words of fold_in(fold_in(key, step), i)
                 k = drop.hashed_keep(words[i], g.shape, 1.0 - self.drop_rate)
             keep = jnp.asarray(k, bool) & (c != 0)
             scaled = g.astype(jnp.float32) * self.factor(c)
@@ -119,59 +119,49 @@ class _Sparse(NamedTuple):
 
 def start_task(opt_state: optax.OptState, params: PyTree, mask: PyTree | None,
                count: PyTree | None, frozen: PyTree | None, key) -> optax.OptState:
-    """``opt_state`` with every `SparseTuningState` in it reset for a new task (step 0).
+    """``opt_state`` with every `SparseTuningState` in it set for a new task (step 0).
 
-    Lets one transform (and one compiled step) serve every task: build the optimizer once,
-    ``init`` it (or ``jax.eval_shape`` it for the shardings), then call this per task with the
-    task's selection; the inner optimizer's state (e.g. SGD momentum) is left as given. Pure
-    and jit-able.
+    The transforms take no per-task data: build the optimizer once, ``init`` it (or
+    ``jax.eval_shape`` it for the shardings), then call this per task with the task's selection,
+    so one compiled step serves every task; the inner optimizer's state (e.g. SGD momentum) is
+    left as given. Pure and jit-able.
 
     Args:
       opt_state: a state of `sparse_tuning` / `mist_optimizer` (any chain containing them).
       params: the params pytree the optimizer updates.
-      mask, count, frozen: as in `sparse_tuning` (pytrees, prefixes or None).
-      key: int seed or PRNG key of the task's drops.
+      mask: bool pytree matching params, or a prefix of it with None (= all selected) for
+        uncovered subtrees, or None (all selected).
+      count: int pytree / prefix / None (= 0): earlier tasks that selected each element.
+      frozen: bool pytree / prefix / None (= False).
+      key: int seed or PRNG key of the task's drops: leaf i at step t uses
+        fold_in(fold_in(key, t), i), i the leaf's index in the tree the transform sees.
 
     Raises:
-      ValueError: trees that do not match params (see `sparse_tuning`).
+      ValueError: trees that do not match params.
     """
-    fresh = _Sparse(mask, count, frozen, 0.0, 0.0, key).init(params)
+    fresh = _Sparse.init(params, mask, count, frozen, key)
     return jax.tree.map(lambda x: fresh if isinstance(x, SparseTuningState) else x, opt_state,
                         is_leaf=lambda x: isinstance(x, SparseTuningState))
 
 
-def _make_sparse(mask, count, frozen, drop_rate, overlap_decay, seed) -> _Sparse:
-    if not 0.0 <= float(drop_rate) <= 1.0:
-        raise ValueError(f"drop_rate must be in [0, 1], got {drop_rate}; MIST uses 0.9.")
-    if not 0.0 <= float(overlap_decay) <= 1.0:
-        raise ValueError(f"overlap_decay must be in [0, 1], got {overlap_decay}; MIST uses 0.9.")
-    return _Sparse(mask, count, frozen, float(drop_rate), float(overlap_decay), seed)
+def _make_sparse(drop_rate, overlap_decay) -> _Sparse:
+    check_rate("drop_rate", drop_rate, low_inclusive=True, usual="0.9 (MIST)")
+    check_rate("overlap_decay", overlap_decay, low_inclusive=True, usual="0.9 (MIST)")
+    return _Sparse(float(drop_rate), float(overlap_decay))
 
 
-def sparse_tuning(
-    mask: PyTree | None,
-    count: PyTree | None,
-    frozen: PyTree | None,
-    *,
-    drop_rate: float = 0.9,
-    overlap_decay: float = 0.9,
-    seed: int = 0,
-) -> optax.GradientTransformation:
+def sparse_tuning(drop_rate: float = 0.9, overlap_decay: float = 0.9
+                  ) -> optax.GradientTransformation:
     """MIST's gradient transform, chained before SGD (docs/algorithm.md §6; code `masked_update`).
 
     g <- g * mask * Bernoulli(1 - drop_rate) * overlap_decay ** count, and exactly 0 where frozen.
     The Bernoulli draw is fresh per step and per element (also for always-selected tensors).
+    ``init`` selects every element (count 0, nothing frozen, key 0); ``start_task`` sets a
+    task's mask, counts, frozen flags and key.
 
     Args:
-      mask: bool pytree matching params, or a prefix of it with None (= all selected) for
-        uncovered subtrees, or None.
-      count: int pytree / prefix / None (= 0): earlier tasks that selected each element.
-      frozen: bool pytree / prefix / None (= False).
       drop_rate: probability that a selected gradient element is dropped in a step.
       overlap_decay: per-earlier-selection gradient factor.
-      seed: int PRNG seed or a PRNG key; leaf i at step t uses fold_in(fold_in(key, t), i), where i is
-        the leaf's index in the tree this transform sees (use distinct seeds if you put two
-        instances under optax.multi_transform).
 
     Returns:
       optax.GradientTransformationExtraArgs with `SparseTuningState`; `update(grads, state,
@@ -179,9 +169,9 @@ def sparse_tuning(
       the step's Bernoulli draw.
 
     Raises:
-      ValueError: rates outside [0, 1]; in `init`, trees that do not match params.
+      ValueError: rates outside [0, 1].
     """
-    return _reference(_make_sparse(mask, count, frozen, drop_rate, overlap_decay, seed))
+    return _reference(_make_sparse(drop_rate, overlap_decay))
 
 
 def _reference(cfg: _Sparse) -> optax.GradientTransformation:
@@ -212,79 +202,11 @@ def _strict(cfg: _Sparse, inner: optax.GradientTransformation) -> optax.Gradient
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def group_labels(head_pattern: str = trees.HEAD):
-    """params -> label pytree: "head" where re.search(head_pattern, path), else "backbone"."""
-    pattern = re.compile(head_pattern)
-
-    def labels(params):
-        return jax.tree_util.tree_map_with_path(
-            lambda p, _: "head" if pattern.search(trees.path_str(p)) else "backbone", params
-        )
-
-    return labels
-
-
-def torch_sgd(learning_rate: optax.ScalarOrSchedule, momentum: float, weight_decay: float,
-              head_learning_rate: optax.ScalarOrSchedule, head_pattern: str
-              ) -> optax.GradientTransformation:
-    """torch.optim.SGD(momentum, weight_decay) with a backbone and a head learning rate.
-
-    Per element: g += weight_decay * p; buf = momentum * buf + g (buf = g at the first step);
-    p -= lr * buf, where lr is `head_learning_rate` for paths matching `head_pattern` and
-    `learning_rate` otherwise. Requires `params` in `update`. Usually built through
-    ``inner_optimizer("sgd", ...)``.
-    """
-    return optax.chain(
-        optax.add_decayed_weights(weight_decay),
-        optax.multi_transform(
-            {"backbone": optax.sgd(learning_rate, momentum or None),
-             "head": optax.sgd(head_learning_rate, momentum or None)},
-            group_labels(head_pattern)))
-
-
-def inner_optimizer(
-    name: str = "sgd",
-    learning_rate: optax.ScalarOrSchedule = 1e-4,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
-    head_learning_rate: optax.ScalarOrSchedule = 1e-2,
-    head_pattern: str = trees.HEAD,
-) -> optax.GradientTransformation:
-    """The optimizer MIST's sparse transform feeds (docs/algorithm.md §7).
-
-    ``"sgd"`` is the authors' `torch_sgd`. Any other name is an optax optimizer factory, e.g.
-    ``"adamw"``: ``getattr(optax, name)(learning_rate=..., [momentum=..., weight_decay=...])``
-    with `momentum` / `weight_decay` passed only where the factory takes them, one instance
-    for the backbone and one (`head_learning_rate`) for paths matching `head_pattern`.
-
-    Raises:
-      ValueError: `name` is not an optax optimizer factory taking ``learning_rate``.
-    """
-    if name == "sgd":
-        return torch_sgd(learning_rate, momentum, weight_decay, head_learning_rate, head_pattern)
-    factory = getattr(optax, name, None)
-    params = inspect.signature(factory).parameters if callable(factory) else {}
-    if "learning_rate" not in params:
-        raise ValueError(f"mist.optimizer={name!r} is not an optax optimizer taking a "
-                         "learning_rate; use 'sgd' (the authors' SGD) or e.g. 'adamw', 'adam', "
-                         "'lion', 'rmsprop'.")
-    extra = {k: v for k, v in (("momentum", momentum), ("weight_decay", weight_decay))
-             if k in params}
-    return optax.multi_transform(
-        {"backbone": factory(learning_rate=learning_rate, **extra),
-         "head": factory(learning_rate=head_learning_rate, **extra)},
-        group_labels(head_pattern))
-
-
 def mist_optimizer(
-    mask: PyTree | None = None,
-    count: PyTree | None = None,
-    frozen: PyTree | None = None,
     *,
     sparsity: str = "reference",
     drop_rate: float = 0.9,
     overlap_decay: float = 0.9,
-    seed: int = 0,
     inner: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformation:
     """The whole MIST update: `sparse_tuning` then the `inner` optimizer (docs/algorithm.md §6-7).
@@ -293,8 +215,8 @@ def mist_optimizer(
     unselected weights drift. `sparsity="strict"`: the final update is also multiplied by the
     step's live mask (selected, not frozen, kept by the drop), so only those elements change.
 
-    Args: see `sparse_tuning` (mask, count, frozen, drop_rate, overlap_decay, seed);
-      inner: default ``inner_optimizer()`` (the authors' SGD: lr 1e-4, head 1e-2, momentum
+    Args: see `sparse_tuning` (drop_rate, overlap_decay; a task's selection: `start_task`);
+      inner: default the authors' SGD (``inner.inner_optimizer``: lr 1e-4, head 1e-2, momentum
       0.9, weight decay 5e-4); any optax transformation (``inner_optimizer("adamw", ...)``).
 
     Returns:
@@ -306,8 +228,8 @@ def mist_optimizer(
     """
     if sparsity not in SPARSITY_MODES:
         raise ValueError(f"sparsity must be one of {SPARSITY_MODES}, got {sparsity!r}.")
-    cfg = _make_sparse(mask, count, frozen, drop_rate, overlap_decay, seed)
-    inner = inner_optimizer() if inner is None else inner
+    cfg = _make_sparse(drop_rate, overlap_decay)
+    inner = inner_lib.inner_optimizer() if inner is None else inner
     if sparsity == "strict":
         return _strict(cfg, inner)
     return optax.chain(_reference(cfg), inner)

@@ -60,7 +60,7 @@ def compile_steps(loss_fn: LossFn, power: int = 2, shardings: PyTree | None = No
     )
 
 
-def _accumulate(loss_fn: LossFn, power: int, params: PyTree, batches: Iterable, frozen,
+def _accumulate(loss_fn: LossFn, power: int, params: PyTree, batches: Iterable, frozen=None,
                 shardings: PyTree | None = None, init: PyTree | None = None,
                 on_batch: Callable[[PyTree], None] | None = None,
                 steps: tuple[Callable, Callable] | None = None) -> PyTree:
@@ -112,22 +112,19 @@ def fisher_scores(
     Raises:
       ValueError: `batches` is empty (and no `init`) or `frozen` does not match params.
     """
-    return _accumulate(loss_fn, 2, params, batches, frozen, shardings, init, on_batch, steps)
+    return _accumulate(loss_fn, 2, params, batches, frozen=frozen, shardings=shardings,
+                       init=init, on_batch=on_batch, steps=steps)
 
 
-def gradient_scores(
-    loss_fn: LossFn, params: PyTree, batches: Iterable, frozen: PyTree | None = None,
-    shardings: PyTree | None = None, init: PyTree | None = None,
-    on_batch: Callable[[PyTree], None] | None = None,
-    steps: tuple[Callable, Callable] | None = None,
-) -> PyTree:
+def gradient_scores(loss_fn: LossFn, params: PyTree, batches: Iterable, **options) -> PyTree:
     """Gradient-magnitude ablation score: sum over batches of |batch gradient| (docs/algorithm.md §12).
 
     This is the sum of per-batch absolute gradients (not the absolute value of the summed
     gradient), the first-order analogue of `fisher_scores`, so opposite-signed batches do not
-    cancel. Same arguments, returns and errors as `fisher_scores`.
+    cancel. Same arguments (``options``: ``frozen``, ``shardings``, ``init``, ``on_batch``,
+    ``steps``), returns and errors as `fisher_scores`.
     """
-    return _accumulate(loss_fn, 1, params, batches, frozen, shardings, init, on_batch, steps)
+    return _accumulate(loss_fn, 1, params, batches, **options)
 
 
 def magnitude_scores(params: PyTree) -> PyTree:

@@ -19,79 +19,27 @@ FSDP-sharded, params and optimizer state donated; nothing leaves the device betw
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Any, Callable, Iterable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mist_jax.mist import augment, mask_stats, masks, objectives, optim, sensitivity
-from mist_jax.infra import sharding, trees
+from mist_jax.infra import loop, sharding
+from mist_jax.mist import inner as inner_lib
+from mist_jax.mist import mask_stats, masks, optim, sensitivity
+from mist_jax.mist.losses import init_head, make_loss_fn, make_view_loss_fn
 
 PyTree = Any
 #: ``at_boundary(position, state)``: called at every step boundary of an adaptation with
 #: ``position = {"phase", "epoch", "batch"}`` (batches of that epoch done) and a function
 #: returning what is needed to continue from there (arrays and numbers; ``Tuner.adapt``'s
 #: ``resume``). It may save that state (an in-task checkpoint) and may raise to stop the run.
-Boundary = Callable[[dict, Callable[[], dict]], None]
-
-
-def make_view_loss_fn(model: nn.Module, preprocess: Callable, objective: str = "mi",
-                      temperature: float = 0.07, out_dim: int = 128) -> Callable:
-    """The MI loss on given views: ``loss(params, (views, labels)) -> float32 scalar``.
-
-    ``params = {"backbone": ViT params, "head": Dense(out_dim) params}``; ``views`` float32
-    [2B, S, S, 3] is [x; x2] (the batch, then its second views, as the official
-    ``torch.cat((inputs, simclr_aug(inputs)))``), ``labels`` int32[B]. The views go through
-    ``preprocess``, the backbone and the projection head; ``mi``/``supcon`` take the
-    L2-normalised projections (docs/algorithm.md §2, code ``Supervised_NT_xent_n``), ``ce`` takes the
-    head's output as logits over ``out_dim`` classes. Used directly where the views are given
-    (golden parity tests); ``make_loss_fn`` draws them.
-    """
-    head = nn.Dense(out_dim)
-    loss = objectives.get_objective(objective)
-
-    def loss_fn(params, batch):
-        views, labels = batch
-        feats = model.apply({"params": params["backbone"]}, preprocess(views))
-        out = head.apply({"params": params["head"]}, feats)
-        if objective == "ce":
-            return loss(out, jnp.concatenate([labels, labels]))
-        return loss(objectives.l2_normalize(out), labels, temperature)
-
-    return loss_fn
-
-
-def make_loss_fn(model: nn.Module, preprocess: Callable, objective: str = "mi",
-                 temperature: float = 0.07, out_dim: int = 128) -> Callable:
-    """The MI training loss ``loss(params, batch) -> float32 scalar`` (docs/algorithm.md §2).
-
-    ``batch = (images float32[B, S, S, 3], labels int32[B], key)``: the second views are drawn
-    from ``key`` (``augment.two_views``), then ``make_view_loss_fn``'s loss is applied.
-    """
-    on_views = make_view_loss_fn(model, preprocess, objective, temperature, out_dim)
-
-    def loss_fn(params, batch):
-        images, labels, key = batch
-        return on_views(params, (augment.two_views(key, images), labels))
-
-    return loss_fn
-
-
-def init_head(key: jax.Array, feature_dim: int, out_dim: int) -> PyTree:
-    """Projection head Dense(out_dim) params, kept across tasks (code ``SimpleVitNet.simclr``).
-
-    PyTorch ``nn.Linear``'s default init, as the official head: kernel float32[feature_dim,
-    out_dim] and bias float32[out_dim], both uniform in +-1/sqrt(feature_dim).
-    """
-    bound = 1.0 / np.sqrt(feature_dim)
-    kernel_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")  # +-1/sqrt(in)
-    bias_init = lambda k, shape, dtype=jnp.float32: jax.random.uniform(k, shape, dtype, -bound,
-                                                                       bound)
-    dense = nn.Dense(out_dim, kernel_init=kernel_init, bias_init=bias_init)
-    return dense.init(key, jnp.zeros((1, feature_dim)))["params"]
+Boundary = loop.Boundary
+_NAN_HINT = "lower mist.learning_rate / mist.head_learning_rate or use float32."
+__all__ = ["Boundary", "Tuner", "bookkeep", "init_head", "jit_steps", "make_loss_fn",
+           "make_optimizer", "make_view_loss_fn", "score", "select", "selection_log", "tune"]
 
 
 def _train_step(loss_fn: Callable, tx: optax.GradientTransformation) -> Callable:
@@ -126,8 +74,7 @@ def make_optimizer(cfg: Any) -> optax.GradientTransformation:
 
     Raises: ValueError for a bad sparsity, optimizer name or rate.
     """
-    inner = optim.inner_optimizer(cfg.optimizer, cfg.learning_rate, cfg.momentum,
-                                  cfg.weight_decay, cfg.head_learning_rate)
+    inner = inner_lib.from_config(cfg)
     return optim.mist_optimizer(sparsity=cfg.sparsity, drop_rate=cfg.drop_rate,
                                 overlap_decay=cfg.overlap_decay, inner=inner)
 
@@ -158,15 +105,14 @@ class Tuner:
     def __init__(self, loss_fn: Callable, cfg: Any, params: PyTree,
                  mesh: sharding.MeshContext | None = None, fish: Any = None):
         self.loss_fn, self.cfg, self.fish = loss_fn, cfg, fish
-        if getattr(cfg, "selector", "fisher") == "fish" and fish is None:
+        if cfg.selector == "fish" and fish is None:
             raise ValueError('mist.selector="fish" needs Tuner(..., fish=fish.FishScorer(...)).')
         self.mesh = mesh or sharding.MeshContext(sharding.make_mesh())
         if cfg.selection_units not in masks.UNITS:  # fail now, not after task 0's scoring pass
             raise ValueError(f"mist.selection_units must be one of {masks.UNITS}, got "
                              f"{cfg.selection_units!r}.")
-        if not 0.0 <= cfg.freeze_rate <= 1.0:
-            raise ValueError(f"mist.freeze_rate must be in [0, 1], got {cfg.freeze_rate}; 0.0 "
-                             "freezes each unit's maximum (SimpleCIL file), 0.0005 is RanPAC's.")
+        masks.check_rate("mist.freeze_rate", cfg.freeze_rate, low_inclusive=True,
+                         usual="0.0 (each unit's maximum, SimpleCIL file) or 0.0005 (RanPAC's)")
         self.tx = make_optimizer(cfg)
 
         def init(params, mask, count, frozen, key):
@@ -174,7 +120,7 @@ class Tuner:
 
         self.param_shardings, self.opt_shardings, self.init, self.step = jit_steps(
             self.mesh, loss_fn, self.tx, params, init)
-        kind = getattr(cfg, "selector", "fisher")
+        kind = cfg.selector
         self.score_steps = sensitivity.compile_steps(
             fish.loss_fn if kind == "fish" else loss_fn, 1 if kind == "gradient" else 2,
             self.param_shardings)
@@ -182,8 +128,8 @@ class Tuner:
     def adapt(self, params: PyTree, state: masks.MistState,
               epoch_batches: Callable[[int, int], Iterable], key: jax.Array,
               on_step: Callable[[dict], None] | None = None,
-              at_boundary: Boundary | None = None, resume: dict | None = None
-              ) -> tuple[PyTree, masks.MistState, dict]:
+              at_boundary: Boundary | None = None, resume: dict | None = None,
+              task_range: tuple[int, int] | None = None) -> tuple[PyTree, masks.MistState, dict]:
         """Run MIST on one task: ``score`` -> ``select`` -> ``tune`` -> ``bookkeep``.
 
         Args:
@@ -197,6 +143,8 @@ class Tuner:
           at_boundary: optional ``Boundary``, called after every scoring batch and tuning step.
           resume: the dict a ``Boundary``'s state function returned (restored from an in-task
             checkpoint, numpy arrays): continue from there, bitwise as if never stopped.
+          task_range: the task's classes (unused by MIST, whose objective needs no class
+            range; the ablation tuners' CE takes it): every tuner takes the same arguments.
         Returns:
           ``(tuned params, new MistState, log)`` with log keys ``mi_loss_per_epoch`` (mean over
           each update epoch), ``selected_fraction`` (selected / total over scored backbone
@@ -209,64 +157,71 @@ class Tuner:
         Raises:
           ValueError: a NaN/inf loss (names the epoch and the likely fix).
         """
+        del task_range
         cfg, mesh = self.cfg, self.mesh
-        resume = resume or {"phase": "score", "batch": 0}
+        resume = resume or {"phase": "score"}
         t0 = time.perf_counter() - float(resume.get("seconds", 0.0))
         params = mesh.place(params)
         state = masks.MistState(*mesh.place(tuple(state)))
         at = at_boundary or (lambda position, get: None)
-        seen = {"batch": int(resume["batch"]), "images": int(resume.get("scoring_images", 0))}
         if resume["phase"] == "score":
-            def counted():
-                for b in epoch_batches(0, seen["batch"]):
-                    seen["images"] += len(b[1])
-                    yield b
-
-            def on_batch(acc):
-                seen["batch"] += 1
-                at({"phase": "score", "epoch": 0, "batch": seen["batch"]},
-                   lambda: {"phase": "score", "batch": seen["batch"], "scores": acc,
-                            "scoring_images": seen["images"],
-                            "seconds": time.perf_counter() - t0})
-
-            init = None if resume.get("scores") is None else mesh.place(resume["scores"])
-            batches = counted()
-            if getattr(cfg, "selector", "fisher") == "fish":  # prototypes, then CE-Fisher
-                batches = self.fish.batches(params["backbone"], epoch_batches, batches)
-            scores = score(self, params, batches, state.frozen, init=init, on_batch=on_batch)
+            saved = resume.get("loop")
+            scoring = (loop.LoopState(epoch=0) if saved is None else
+                       loop.LoopState.restore(saved, params, mesh.place))
+            batches = epoch_batches
+            if cfg.selector == "fish":  # prototypes, then CE-Fisher
+                batches = lambda e, start: self.fish.batches(params["backbone"], epoch_batches,
+                                                             epoch_batches(e, start))
+            scoring = score(self, params, batches, state.frozen, scoring, at_boundary=lambda
+                            pos, get: at(pos, lambda: {"phase": "score", "loop": get(),
+                                                       "seconds": time.perf_counter() - t0}))
+            scores, images = scoring.carry, scoring.images
             mask, tuning = select(cfg, params, scores, key), None
         else:
             scores, mask = mesh.place(resume["scores"]), mesh.place(resume["mask"])
-            tuning = resume
+            images, tuning = int(resume["scoring_images"]), resume["loop"]
         extra = lambda: {"phase": "tune", "scores": scores, "mask": mask,
-                         "scoring_images": seen["images"], "seconds": time.perf_counter() - t0}
+                         "scoring_images": images, "seconds": time.perf_counter() - t0}
         params, stats = tune(self, params, mask, state, key, epoch_batches, on_step,
-                             at_boundary=lambda pos, get: at(pos, lambda: {**get(), **extra()}),
+                             at_boundary=lambda pos, get: at(pos, lambda: {"loop": get(),
+                                                                           **extra()}),
                              resume=tuning)
         log = dict(stats, **selection_log(mask, scores, state.count, cfg.selection_units))
         log["seconds"] = time.perf_counter() - t0
-        log["images_per_second"] = (seen["images"] + stats["images"]) / max(log["seconds"], 1e-9)
+        log["images_per_second"] = (images + stats["images"]) / max(log["seconds"], 1e-9)
         if cfg.bookkeeping:  # False: the dense fine-tuning reference counts and freezes nothing
             state = masks.MistState(*mesh.place(tuple(bookkeep(cfg, state, mask, scores))))
         return params, state, log
 
 
-def score(tuner: Tuner, params: PyTree, batches: Iterable, frozen: PyTree | None,
-          init: PyTree | None = None, on_batch: Callable[[PyTree], None] | None = None) -> PyTree:
-    """Epoch 1 of MIST: the sensitivity score of every weight (docs/algorithm.md §4).
+def score(tuner: Tuner, params: PyTree, epoch_batches: Callable[[int, int], Iterable],
+          frozen: PyTree | None, state: loop.LoopState | None = None,
+          at_boundary: Boundary | None = None) -> loop.LoopState:
+    """Epoch 1 of MIST: the sensitivity score of every weight (docs/algorithm.md §4), as one
+    epoch of ``loop.run_epochs`` whose carry is the running sum.
 
-    ``sensitivity.gradient_scores`` for ``selector="gradient"``; for ``"fish"`` the Fisher
-    score of the prototype classifier's cross-entropy (``fish.py``; ``batches`` then carry the
-    classes and prototypes, ``FishScorer.batches``); else the MI-Fisher
-    ``sensitivity.fisher_scores`` (also the freezing score of the other ablation selectors).
-    ``batches``: (images, labels, key) on the tuner's mesh; ``init`` / ``on_batch``: the sum
-    of a resumed pass / a callback per batch (``sensitivity.fisher_scores``). Returns float32
-    scores shaped like ``params``, laid out like them. Raises ValueError on empty batches.
+    The MI-Fisher ``sum_b (dL_b/dw)^2`` (``sensitivity.compile_steps``), ``|dL_b/dw|`` for
+    ``selector="gradient"``, or for ``"fish"`` the Fisher score of the prototype classifier's
+    cross-entropy (``fish.py``; ``epoch_batches`` then carry the classes and prototypes,
+    ``FishScorer.batches``); the other ablation selectors use the MI-Fisher score to freeze.
+    ``epoch_batches(0, start)``: (images, labels, key) on the tuner's mesh; ``state``: a
+    resumed pass. Returns the loop's final state: ``carry`` holds float32 scores shaped like
+    ``params``, laid out like them; ``images`` the images scored.
+    Raises: ValueError when there is no batch.
     """
-    kind = getattr(tuner.cfg, "selector", "fisher")
-    fn = sensitivity.gradient_scores if kind == "gradient" else sensitivity.fisher_scores
-    return fn(None, tuner.mesh.place(params), batches, frozen=frozen, init=init,
-              on_batch=on_batch, steps=tuner.score_steps)
+    first, accumulate = tuner.score_steps
+    params = tuner.mesh.place(params)
+
+    def step(acc, batch):
+        acc = (first(params, batch, frozen) if acc is None
+               else accumulate(acc, params, batch, frozen))
+        return acc, None, None
+
+    state = loop.run_epochs(step, state or loop.LoopState(epoch=0), epoch_batches, range(1),
+                            phase="score", at_boundary=at_boundary)
+    if state.carry is None:
+        raise ValueError("batches is empty: pass an iterable with at least one batch of the task.")
+    return state
 
 
 def select(cfg: Any, params: PyTree, scores: PyTree, key) -> PyTree:
@@ -276,72 +231,46 @@ def select(cfg: Any, params: PyTree, scores: PyTree, key) -> PyTree:
                         units=cfg.selection_units)
 
 
-class TuneStats(NamedTuple):
-    """Per-task numbers of ``tune``: see ``Tuner.adapt``'s log."""
-
-    mi_loss_per_epoch: list
-    updated_fraction: float
-    steps: int
-    images: int
-
-
 def tune(tuner: Tuner, params: PyTree, mask: PyTree, state: masks.MistState, key,
          epoch_batches: Callable[[int, int], Iterable],
          on_step: Callable[[dict], None] | None = None,
          at_boundary: Boundary | None = None, resume: dict | None = None,
          first_epoch: int = 1) -> tuple[PyTree, dict]:
     """Epochs 2..E of MIST: sparse tuning of the masked weights with the MI loss
-    (docs/algorithm.md §6-7). ``state`` gives the counts (damping) and frozen weights.
-    ``first_epoch``: the first update epoch (1: epoch 0 was the scoring pass; 0 for the
-    ``spr`` procedures, which have none).
+    (docs/algorithm.md §6-7), through ``loop.run_epochs``. ``state`` gives the counts
+    (damping) and frozen weights. ``first_epoch``: the first update epoch (1: epoch 0 was the
+    scoring pass; 0 for the ``ablations`` procedures, which have none).
 
     ``at_boundary`` is called after each step with ``{"phase": "tune", "epoch": e, "batch":
-    b}`` (b steps of epoch e done) and a function returning the loop's state (``params``,
-    ``opt_state`` as ``trees.leaf_dict``, the losses and counters); given back as ``resume``,
-    the loop continues from there bitwise.
-    Returns ``(tuned params, TuneStats as a dict)``; ``params`` is copied, not donated.
+    b}`` and the loop's snapshot; given back as ``resume``, the loop continues from there
+    bitwise. ``on_step`` gets ``{"epoch", "step", "mi_loss", "updated_fraction"}`` every
+    ``log_every`` steps.
+    Returns ``(tuned params, {"mi_loss_per_epoch", "updated_fraction", "steps", "images"})``;
+    ``params`` is copied, not donated.
     Raises: ValueError on a NaN/inf epoch loss.
     """
-    cfg = tuner.cfg
-    params = tuner.mesh.place(jax.tree.map(jnp.array, params))  # a private copy: the step donates it
-    opt_state = tuner.init(params, mask, state.count, state.frozen, key)
-    losses, changed, images, steps, epoch_losses = [], [], 0, 0, []
-    epoch0, batch0 = first_epoch, 0
-    if resume is not None:
-        params = tuner.mesh.place(resume["params"])
-        opt_state = jax.device_put(trees.from_leaf_dict(opt_state, resume["opt_state"]),
-                                   tuner.opt_shardings)
-        losses = [float(x) for x in np.asarray(resume["losses"]).reshape(-1)]
-        changed = list(np.asarray(resume["changed"]).reshape(-1))
-        epoch_losses = list(np.asarray(resume["epoch_losses"]).reshape(-1))
-        images, steps = int(resume["images"]), int(resume["steps"])
-        epoch0, batch0 = int(resume["epoch"]), int(resume["batch"])
-    for epoch in range(epoch0, cfg.epochs):
-        start = batch0 if epoch == epoch0 else 0
-        epoch_losses = epoch_losses if epoch == epoch0 else []
-        for b, batch in enumerate(epoch_batches(epoch, start), start=start + 1):
-            params, opt_state, loss, frac = tuner.step(params, opt_state, batch)
-            epoch_losses.append(loss)
-            changed.append(frac)
-            images += len(batch[1])
-            steps += 1
-            if on_step is not None and steps % max(cfg.log_every, 1) == 0:
-                on_step({"epoch": epoch, "step": steps, "mi_loss": float(loss),
-                         "updated_fraction": float(frac)})
-            if at_boundary is not None:
-                at_boundary({"phase": "tune", "epoch": epoch, "batch": b}, lambda: {
-                    "params": params, "opt_state": trees.leaf_dict(opt_state),
-                    "losses": np.asarray(losses, np.float64).reshape(-1),
-                    "epoch_losses": np.asarray(jax.device_get(epoch_losses), np.float32),
-                    "changed": np.asarray(jax.device_get(changed), np.float32),
-                    "images": images, "steps": steps, "epoch": epoch, "batch": b})
-        mean = float(np.mean(jax.device_get(epoch_losses))) if epoch_losses else float("nan")
-        if epoch_losses and not np.isfinite(mean):
-            raise ValueError(f"MIST loss became {mean} in epoch {epoch}; lower "
-                             "mist.learning_rate / mist.head_learning_rate or use float32.")
-        losses.append(mean)
-    frac = float(np.mean(jax.device_get(changed))) if changed else 0.0
-    return params, TuneStats(losses, frac, steps, images)._asdict()
+    cfg, mesh = tuner.cfg, tuner.mesh
+    params = mesh.place(jax.tree.map(jnp.array, params))  # a private copy: the step donates it
+    carry = (params, tuner.init(params, mask, state.count, state.frozen, key))
+    place = lambda c: (mesh.place(c[0]), jax.device_put(c[1], tuner.opt_shardings))
+    run = (loop.LoopState(epoch=first_epoch, carry=carry) if resume is None else
+           loop.LoopState.restore(resume, carry, place))
+
+    def step(carry, batch):
+        params, opt_state, loss, frac = tuner.step(*carry, batch)
+        return (params, opt_state), loss, frac
+
+    def log(run, loss, frac):
+        if on_step is not None and run.steps % max(cfg.log_every, 1) == 0:
+            on_step({"epoch": run.epoch, "step": run.steps, "mi_loss": float(loss),
+                     "updated_fraction": float(frac)})
+
+    run = loop.run_epochs(step, run, epoch_batches, range(first_epoch, cfg.epochs),
+                          phase="tune", at_boundary=at_boundary, on_step=log,
+                          nan_hint=_NAN_HINT)
+    frac = float(np.mean(jax.device_get(run.aux))) if run.aux else 0.0
+    return run.carry[0], {"mi_loss_per_epoch": run.losses, "updated_fraction": frac,
+                          "steps": run.steps, "images": run.images}
 
 
 def bookkeep(cfg: Any, state: masks.MistState, mask: PyTree, scores: PyTree) -> masks.MistState:

@@ -21,6 +21,11 @@ from mist_jax.runner import metrics  # noqa: E402
 from mist_jax.infra.atomic import atomic_path, write_text  # noqa: E402
 
 
+def jsonable(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (numpy scalars as floats, tuples as lists)."""
+    return json.loads(json.dumps(obj, default=float))
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Atomically write ``obj`` as indented JSON."""
     write_text(path, json.dumps(obj, indent=1, default=float))
@@ -143,6 +148,18 @@ def versions() -> dict:
             "machine": platform.machine()}
 
 
+class NoLog:
+    """The event log of processes other than 0: writes nothing."""
+
+    lines = 0
+
+    def write(self, row: dict, step: int) -> None:
+        del row, step
+
+    def close(self) -> None:
+        pass
+
+
 def finish(workdir: str | Path, config, record: dict) -> dict:
     """Write results.json, acc_matrix.png, mask_coverage.png and accuracy_curve.png.
 
@@ -177,5 +194,5 @@ def summary_table(results: dict[str, dict], seed: int | None = None,
         lines.append(f"{key:<22}" + "".join(f"{r[key]:>{width + 2}.2f}" for r in results.values()))
     which = "" if seed is None else f" (seed {seed}, class order seed {order})"
     lines.append(f"Each column is one run{which}: one seed, no error bars. Mean ± std and paired "
-                 "tests over seeds and class orders: python -m mist_jax.study (README, Studies).")
+                 "tests over seeds and class orders: python -m mist_jax.study (docs/usage.md, Studies).")
     return "\n".join(lines)

@@ -15,7 +15,7 @@ from typing import Any
 import ml_collections
 
 from mist_jax import learners
-from mist_jax.mist import ablations, masks, objectives, optim
+from mist_jax.mist import ablations, inner, masks, objectives, optim
 from mist_jax.data import preprocess, transforms
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -58,7 +58,7 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
     """
     d, m, mi, le = cfg.data, cfg.model, cfg.mist, cfg.learner
     learner = learners.LEARNERS.get(le.name)
-    tunes = mi.enabled or (learner is not None and learner.tunes_backbone)
+    tunes = mi.enabled or (learner is not None and learner.tuning(mi) is not None)
     checks: list[tuple[str, Any, bool, str]] = [
         ("seed", cfg.seed, _int(cfg.seed) and cfg.seed >= 0, "an integer >= 0"),
         ("checkpoint_every_steps", cfg.checkpoint_every_steps,
@@ -86,7 +86,7 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
         ("mist.tasks", mi.tasks, mi.tasks in TASKS, f"one of {TASKS}"),
         ("mist.selector", mi.selector, mi.selector in masks.SELECTORS,
          f"one of {masks.SELECTORS}"),
-        ("mist.spr", mi.get("spr", "mist"), mi.get("spr", "mist") in ablations.MODES,
+        ("mist.spr", mi.spr, mi.spr in ablations.MODES,
          f"one of {ablations.MODES} (mist_jax/mist/ablations.py)"),
         ("mist.objective", mi.objective, mi.objective in objectives.OBJECTIVES,
          f"one of {sorted(objectives.OBJECTIVES)}"),
@@ -118,7 +118,7 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
          "an integer >= 1"),
         ("mist.log_every", mi.log_every, _int(mi.log_every) and mi.log_every >= 1,
          "an integer >= 1"),
-        ("mist.cache_dir", mi.get("cache_dir", ""), isinstance(mi.get("cache_dir", ""), str),
+        ("mist.cache_dir", mi.cache_dir, isinstance(mi.cache_dir, str),
          'a folder path, or "" for no cache'),
         ("learner.name", le.name, le.name in learners.LEARNERS,
          f"one of {sorted(learners.LEARNERS)} (or register your own)"),
@@ -128,7 +128,7 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
     problems = [f"{key}={value!r}: must be {allowed}." for key, value, ok, allowed in checks
                 if not ok]
     try:
-        optim.inner_optimizer(mi.optimizer)
+        inner.from_config(mi)
     except ValueError as e:
         problems.append(str(e))
     problems += _rules(cfg)
@@ -137,3 +137,17 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
                         f"config.learner.{le.name} = LEARNERS[{le.name!r}].default_config().")
     if problems:
         raise ValueError("Bad config value(s):\n  " + "\n  ".join(problems))
+
+
+def run_config(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The config a run uses and records (config.json, results.json, checkpoints): a locked
+    copy of ``cfg`` whose ``learner`` holds only the chosen learner's block (the config files
+    carry every learner's block, so that ``--config.learner.<name>.<key>`` overrides reach any
+    of them; a run reads only its own)."""
+    out = cfg.copy_and_resolve_references()
+    with out.unlocked():
+        for name in [k for k, v in out.learner.items()
+                     if isinstance(v, ml_collections.ConfigDict) and k != out.learner.name]:
+            del out.learner[name]
+    out.lock()
+    return out

@@ -53,7 +53,7 @@ def run_cells(study, workdir: str, only: int | None = None, progress: bool = Fal
         logging.info("cell %d %s: running", cell.index, cell.name)
         try:
             cfg = st.run_config(study, cell.variant, cell.seed, cell.order)
-            if not cfg.mist.get("cache_dir"):  # cells differing only in the learner tune once
+            if not cfg.mist.cache_dir:  # cells differing only in the learner tune once
                 with cfg.unlocked():
                     cfg.mist.cache_dir = str(Path(workdir) / st.MIST_CACHE)
             train.Run(cfg, st.cell_dir(workdir, cell), progress=progress).run()

@@ -1,4 +1,4 @@
-"""Sharded MIST (mist_jax/infra/sharding.py): layout rules, batch placement, prefetch, and the
+"""Sharded MIST (mist_jax/infra/sharding.py): layout rules, batch placement, and the
 equivalence of 1 device, 8 data-parallel devices and a 4 x 2 data x FSDP mesh.
 
 The multi-device runs execute in a subprocess started with
@@ -7,16 +7,15 @@ initialised with 1 device); the worker is this file run as a script.
 
 Tolerances of the equivalence test (the same seed on every mesh): scores allclose rtol 1e-4
 (float32 gradients summed in another order), masks / counts / frozen flags identical, MI loss
-per epoch allclose rtol 1e-5, tuned parameters allclose atol 1e-6 (with a learning rate that moves
-them by more than 1e-3), accuracies identical (every prediction is an argmax over features equal
-to ~1e-6).
+per epoch allclose rtol 1e-5, tuned parameters within 4 S float32 ulps of max(|p|, 0.1) after
+S steps (derived where it is asserted; a learning rate that moves them by more than 1e-3),
+accuracies identical (every prediction is an argmax over features equal to ~1e-6).
 """
 
 import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -33,17 +32,17 @@ def _worker(out_dir: str) -> None:
     import jax
 
     from configs import default as default_config
-    from mist_jax.mist import masks, sensitivity
-    from mist_jax.runner import train
     from mist_jax.infra import trees
+    from mist_jax.mist import masks, tuner
+    from mist_jax.runner import train
 
     assert jax.device_count() == 8, jax.devices()
     recorded = {}
-    fisher, select = sensitivity.fisher_scores, masks.select
+    score, select = tuner.score, masks.select
 
     def record_scores(*a, **k):
-        out = fisher(*a, **k)
-        recorded.setdefault("scores", []).append(jax.tree.map(np.asarray, out))
+        out = score(*a, **k)
+        recorded.setdefault("scores", []).append(jax.tree.map(np.asarray, out.carry))
         return out
 
     def record_mask(*a, **k):
@@ -51,7 +50,7 @@ def _worker(out_dir: str) -> None:
         recorded.setdefault("mask", []).append(jax.tree.map(np.asarray, out))
         return out
 
-    sensitivity.fisher_scores, masks.select = record_scores, record_mask
+    tuner.score, masks.select = record_scores, record_mask
     for name, (data, fsdp) in MESHES.items():
         cfg = default_config.get_config("smoke")
         with cfg.unlocked():
@@ -79,6 +78,7 @@ def _worker(out_dir: str) -> None:
         np.savez(Path(out_dir) / f"{name}.npz", **arrays)
         summary = {k: res[k] for k in ("acc_matrix", "top1_curve")}
         summary.update(losses=[t["mi_loss_per_epoch"] for t in res["tasks"]], specs=specs,
+                       steps=sum(t["steps"] for t in res["tasks"]),
                        seconds=time.perf_counter() - t0)
         (Path(out_dir) / f"{name}.json").write_text(json.dumps(summary))
 
@@ -169,38 +169,6 @@ def test_put_batch_and_place_keep_values():
     assert placed["head"]["bias"].sharding == ctx.replicated
 
 
-def test_prefetch_keeps_order_stops_early_and_reraises():
-    from mist_jax.data import prefetch
-
-    assert list(prefetch.prefetch(range(7), lambda b: b * 10)) == [0, 10, 20, 30, 40, 50, 60]
-    produced = []
-
-    def source():
-        for i in range(1000):
-            produced.append(i)
-            yield i
-
-    def slow_put(b):  # a batch is always in flight when the consumer stops
-        time.sleep(0.2)
-        return b
-
-    threads = threading.active_count()
-    it = prefetch.prefetch(source(), slow_put, size=2)
-    assert next(it) == 0
-    it.close()  # the consumer stops: the producer must stop too, a few batches ahead at most,
-    # and be joined by close() itself (a daemon thread inside put at exit aborts the process)
-    assert threading.active_count() == threads
-    assert len(produced) <= 5
-
-    def boom(b):
-        if b == 2:
-            raise RuntimeError("bad batch 2")
-        return b
-
-    with pytest.raises(RuntimeError, match="bad batch 2"):
-        list(prefetch.prefetch(range(5), boom))
-
-
 def _smoke(**overrides):
     from configs import default as default_config
 
@@ -218,19 +186,21 @@ def test_unchanged_backbone_computes_each_test_feature_once(tmp_path):
 
     run = train.Run(_smoke(**{"mist.enabled": False}), tmp_path / "base", progress=False)
     featurized = []
-    features = run.features
+    features = run.evaluator.features
 
-    def counting(split, idx, labels):
+    def counting(backbone, split, idx, labels, embed=None):
         featurized.extend(idx.tolist() if split == "test" else [])
-        return features(split, idx, labels)
+        return features(backbone, split, idx, labels, embed)
 
-    run.features = counting
+    run.evaluator.features = counting
     out = run.run()
     # 2 tasks x 5 classes x 4 test images: each image once (no cache: 20 + 40 = 60).
     assert sorted(featurized) == sorted(run.data.test_idx.tolist())
     seen = run.data.test_labels < 10
-    direct = features("test", run.data.test_idx[seen], run.data.test_labels[seen])
-    np.testing.assert_allclose(run._test_features(np.flatnonzero(seen)), direct, atol=1e-5)
+    backbone = run.params["backbone"]
+    direct = features(backbone, "test", run.data.test_idx[seen], run.data.test_labels[seen])
+    np.testing.assert_allclose(run.evaluator.test_features(run.state, np.flatnonzero(seen)),
+                               direct, atol=1e-5)
     assert len(out["top1_curve"]) == 2
 
 
@@ -247,7 +217,8 @@ def test_bfloat16_compute_runs_end_to_end_with_float32_params(tmp_path):
     losses = [l for t in out["tasks"] for l in t["mi_loss_per_epoch"]]
     assert len(losses) == 2 and np.isfinite(losses).all()
     assert all(0.09 < t["selected_fraction"] < 0.11 for t in out["tasks"])
-    feats = run.features("test", run.data.test_idx[:4], run.data.test_labels[:4])
+    feats = run.evaluator.features(run.params["backbone"], "test", run.data.test_idx[:4],
+                                   run.data.test_labels[:4])
     assert feats.dtype == np.float32 and np.isfinite(feats).all()
 
 
@@ -300,7 +271,15 @@ def test_same_seed_same_scores_masks_losses_and_accuracy_on_every_mesh(mesh_runs
             if kind.startswith("scores"):
                 np.testing.assert_allclose(b[k], a[k], rtol=1e-4, atol=1e-12, err_msg=f"{name} {k}")
             elif kind in ("params", "init"):
-                np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-6, err_msg=f"{name} {k}")
+                # Each of the run's S SGD steps rounds p + lr * u once, and u comes from sums
+                # of per-example gradients that each mesh reassociates: a step may put the
+                # result a few float32 ulps of max(|p|, 0.1) apart (0.1 bounds the scale of
+                # lr * u at lr 1e-2), and the S steps' differences add up (momentum carries
+                # them on, it does not amplify them). So |b - a| <= 4 S eps max(|a|, 0.1):
+                # 8e-6 at |p| = 1.65 with S = 10, where one machine measured 1.07e-6.
+                bound = 4 * ref["steps"] * np.finfo(np.float32).eps * np.maximum(np.abs(a[k]), 0.1)
+                excess = np.abs(b[k].astype(np.float64) - a[k]) - bound
+                assert excess.max(initial=0) <= 0, (name, k, float(excess.max()))
             else:  # mask{t}, count, frozen: discrete, must be identical
                 np.testing.assert_array_equal(b[k], a[k], err_msg=f"{name} {k}")
 

@@ -5,8 +5,6 @@ learner end to end with and without MIST (module trained on the first task only,
 frozen bitwise without MIST, a stopped run resumes bitwise)."""
 
 import math
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp

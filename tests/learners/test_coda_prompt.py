@@ -4,8 +4,6 @@ attention-weighted prompt against NumPy (paper Eq. 4-5), earlier tasks' componen
 the learner end to end with and without MIST."""
 
 import math
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp

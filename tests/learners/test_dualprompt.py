@@ -2,8 +2,6 @@
 brute force, the loss against a NumPy transcription of paper Eq. 6, other tasks' E-prompts
 bitwise untouched while a task trains, and the learner end to end with and without MIST."""
 
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp

@@ -4,8 +4,6 @@ the subspace features against explicit per-adapter forwards, and the learner end
 and without MIST (earlier adapters and the backbone frozen bitwise; a stopped run resumes
 bitwise)."""
 
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +14,8 @@ from support.learner_runs import assert_resumes_bitwise, learner_config, run_wit
 
 from mist_jax import learners  # noqa: E402
 from mist_jax.runner import train
-from mist_jax.learners.ease import Ease, complement_prototypes, reweighted_logits  # noqa: E402
+from mist_jax.learners.ease import Ease  # noqa: E402
+from mist_jax.learners.subspaces import complement_prototypes, reweighted_logits
 from mist_jax.learners.images import epoch_cosine, fit_on_images  # noqa: E402
 from mist_jax.models import vit  # noqa: E402
 

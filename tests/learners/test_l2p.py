@@ -2,8 +2,6 @@
 against a NumPy transcription of paper Eq. 5, and the learner end to end with and without
 MIST (backbone frozen bitwise while the prompts train; a stopped run resumes bitwise)."""
 
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp

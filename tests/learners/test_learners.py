@@ -1,6 +1,5 @@
 """SimpleCIL, RanPAC and drift compensation against direct numpy computations."""
 
-import chex
 import jax
 import numpy as np
 import pytest
@@ -8,6 +7,8 @@ from ml_collections import ConfigDict
 
 from mist_jax.learners import RanPAC, SimpleCIL, compensate_drift, get_learner
 from mist_jax.learners.ranpac import RIDGES, ridge_validation_losses
+from support.variants import VARIANTS
+
 
 D = 12
 
@@ -21,6 +22,7 @@ def _task(rng, start, end, per_class, dim=D):
 
 
 # ---------------------------------------------------------------- SimpleCIL
+
 
 def test_simplecil_prototypes_are_class_means_and_old_ones_stay():
     rng = np.random.default_rng(0)
@@ -62,6 +64,7 @@ def test_fit_task_rejects_bad_tasks(labels, task_range, match):
 
 
 # ---------------------------------------------------------------- RanPAC
+
 
 def _brute_force_losses(h, y):
     """The code's optimise_ridge_parameter: 17 dense solves on the first 80%."""
@@ -142,6 +145,7 @@ def test_get_learner_registry():
 
 # ---------------------------------------------------------------- drift compensation
 
+
 def _sdc_loop(protos, before, after, sigma):
     """Direct transcription of SDC (Yu et al. 2020, code test.py `displacement`)."""
     out = []
@@ -152,26 +156,25 @@ def _sdc_loop(protos, before, after, sigma):
     return np.stack(out)
 
 
-class DriftTest(chex.TestCase):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_matches_direct_loop(variant):
+    rng = np.random.default_rng(4)
+    before = rng.normal(size=(30, 5)) * 0.3
+    after = before + 0.1 + 0.05 * rng.normal(size=before.shape)
+    protos = rng.normal(size=(4, 5)) * 0.3
+    fn = variant(compensate_drift)
+    for sigma in (0.3, 1.0):
+        got = np.asarray(fn(protos, before, after, sigma))
+        np.testing.assert_allclose(got, _sdc_loop(protos, before, after, sigma), atol=1e-5)
 
-    @chex.variants(with_jit=True, without_jit=True)
-    def test_matches_direct_loop(self):
-        rng = np.random.default_rng(4)
-        before = rng.normal(size=(30, 5)) * 0.3
-        after = before + 0.1 + 0.05 * rng.normal(size=before.shape)
-        protos = rng.normal(size=(4, 5)) * 0.3
-        fn = self.variant(compensate_drift)
-        for sigma in (0.3, 1.0):
-            got = np.asarray(fn(protos, before, after, sigma))
-            np.testing.assert_allclose(got, _sdc_loop(protos, before, after, sigma), atol=1e-5)
 
-    @chex.variants(with_jit=True, without_jit=True)
-    def test_far_prototype_stays_finite_and_follows_nearest_sample(self):
-        before = np.array([[0.0, 0.0], [10.0, 0.0]])
-        after = before + np.array([[1.0, 0.0], [0.0, 2.0]])
-        got = np.asarray(self.variant(compensate_drift)(np.array([[100.0, 0.0]]), before, after))
-        # All Gaussian weights underflow in the original; the nearest sample (10, 0) dominates.
-        np.testing.assert_allclose(got, [[100.0, 2.0]], atol=1e-5)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_far_prototype_stays_finite_and_follows_nearest_sample(variant):
+    before = np.array([[0.0, 0.0], [10.0, 0.0]])
+    after = before + np.array([[1.0, 0.0], [0.0, 2.0]])
+    got = np.asarray(variant(compensate_drift)(np.array([[100.0, 0.0]]), before, after))
+    # All Gaussian weights underflow in the original; the nearest sample (10, 0) dominates.
+    np.testing.assert_allclose(got, [[100.0, 2.0]], atol=1e-5)
 
 
 def test_finetune_predicts_with_the_installed_classifier_over_seen_classes():

@@ -3,8 +3,6 @@
 and a head on augmented images, the run evaluates and checkpoints both pytrees."""
 
 import math
-import sys
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -81,7 +79,7 @@ def test_stopped_inside_the_learner_epochs_resumes_there_bitwise(finished, tmp_p
     with pytest.raises(interrupt.Interrupted, match=r"learner phase, epoch 1, batch 2"):
         train.Run(_config(), wd, progress=False, stop=StopAt(13)).run()
     again = train.Run(_config(), wd, progress=False)
-    assert again._in_task["record"]["position"] == {"phase": "learner", "epoch": 1, "batch": 2}
+    assert again._in_task.record["position"] == {"phase": "learner", "epoch": 1, "batch": 2}
     resumed = again.run()
     assert resumed["acc_matrix"] == results["acc_matrix"]
     for task in (0, 1):  # the losses of every epoch, the resumed one included, are the same

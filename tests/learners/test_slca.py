@@ -4,8 +4,6 @@ transcription of the reference's logit normalisation, one slow-learner optimizer
 hand-computed SGD, the milestone schedule, and the learner end to end with and without MIST (the
 backbone moves; a run stopped inside its epochs resumes bitwise)."""
 
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +15,7 @@ from support.learner_runs import assert_resumes_bitwise, learner_config  # noqa:
 
 from mist_jax import learners  # noqa: E402
 from mist_jax.runner import train
-from mist_jax.learners import slca  # noqa: E402
+from mist_jax.learners import alignment  # noqa: E402
 from mist_jax.learners.slca import Slca  # noqa: E402
 from mist_jax.models import vit  # noqa: E402
 
@@ -26,7 +24,7 @@ def test_class_statistics_match_numpy_with_ddof_1_and_the_ridge():
     rng = np.random.default_rng(0)
     feats = rng.normal(size=(40, 5)) * [1, 2, 3, 0.5, 1] + 3.0
     labels = np.repeat([7, 8, 9], [10, 17, 13])
-    means, covs = slca.class_statistics(jnp.asarray(feats, jnp.float32),
+    means, covs = alignment.class_statistics(jnp.asarray(feats, jnp.float32),
                                         jnp.asarray(labels, jnp.int32), 7, 3, 1e-4)
     for k, c in enumerate((7, 8, 9)):
         x = feats[labels == c]
@@ -41,7 +39,7 @@ def test_sampled_features_have_the_class_mean_and_covariance():
     cov = a @ a.transpose(0, 2, 1) + 0.1 * np.eye(3)
     mean = rng.normal(size=(2, 3))
     n = 20000
-    x = np.asarray(slca.sample_features(jax.random.PRNGKey(0), jnp.asarray(mean, jnp.float32),
+    x = np.asarray(alignment.sample_features(jax.random.PRNGKey(0), jnp.asarray(mean, jnp.float32),
                                         jnp.linalg.cholesky(jnp.asarray(cov, jnp.float32)), n))
     assert x.shape == (2, n, 3)
     for k in range(2):
@@ -73,7 +71,7 @@ def test_alignment_loss_matches_the_reference_transcription(tau):
     x, y = rng.normal(size=(9, 6)), rng.integers(0, 7, size=9)
     tasks = np.array([0, 0, 0, 1, 1, 2, 2])  # task sizes 3, 2, 2
     head = {"kernel": jnp.asarray(kernel, jnp.float32), "bias": jnp.asarray(bias, jnp.float32)}
-    got = slca.alignment_loss(head, jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.int32),
+    got = alignment.alignment_loss(head, jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.int32),
                               jnp.asarray(tasks, jnp.int32), 3, tau)
     np.testing.assert_allclose(float(got), _ca_loss_numpy(kernel, bias, x, y, (3, 2, 2), tau),
                                rtol=1e-5)
@@ -159,7 +157,7 @@ def test_alignment_trains_seen_columns_only_and_separates_the_classes():
     tasks = np.array([0, 0, 1, 1, -1, -1], np.int32)
     head = {"kernel": jnp.asarray(rng.normal(size=(d, c)) * 0.02, jnp.float32),
             "bias": jnp.zeros(c, jnp.float32)}
-    aligned = slca.align_classifier(
+    aligned = alignment.align_classifier(
         head, jnp.asarray(means), jnp.asarray(covs), jnp.asarray(tasks), jax.random.PRNGKey(0),
         num_seen=4, num_tasks=2, epochs=3, samples=64, learning_rate=0.01, momentum=0.9,
         weight_decay=5e-4, tau=0.1)

@@ -1,8 +1,6 @@
 """The authors' ablation procedures (mist_jax/mist/ablations.py): each per-step mask against a NumPy
 transcription of the official loops, the task-restricted cross-entropy by hand, and a run."""
 
-import sys
-from pathlib import Path
 
 import jax
 import numpy as np

@@ -1,8 +1,6 @@
 """selector="fish" (mist_jax/mist/fish.py): the prototype classifier and its CE-Fisher score against
 NumPy / hand-written references, and the selector inside a MIST adaptation."""
 
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -78,8 +76,9 @@ def test_fish_selector_scores_the_prototype_cross_entropy_in_an_adaptation(setup
     seen, score = [], mist.score
 
     def spy(*args, **kw):
-        seen.append(jax.device_get(score(*args, **kw)))
-        return seen[-1]
+        state = score(*args, **kw)
+        seen.append(jax.device_get(state.carry))
+        return state
 
     monkeypatch.setattr(tuner_module, "score", spy)
     _, _, log = tuner.adapt(params, state, lambda e, start: batches[start:], jax.random.key(2))

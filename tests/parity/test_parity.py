@@ -23,7 +23,7 @@ import numpy as np
 import optax
 import pytest
 
-from mist_jax.mist import masks, optim, sensitivity
+from mist_jax.mist import inner, masks, optim, sensitivity
 from mist_jax import mist
 from mist_jax.infra import trees
 from mist_jax.data.preprocess import preprocess_identity
@@ -136,11 +136,10 @@ def run_mist_jax(g: Golden) -> dict:
         n = len(epochs[0])
         scores = sensitivity.fisher_scores(loss_fn, params, epochs[0], frozen=state.frozen)
         mask = masks.select("fisher", g.meta["select_rate"], scores=scores, units="official")
-        sgd = optim.inner_optimizer("sgd", learning_rate=1e-4, momentum=0.9, weight_decay=5e-4,
+        sgd = inner.inner_optimizer("sgd", learning_rate=1e-4, momentum=0.9, weight_decay=5e-4,
                                     head_learning_rate=1e-2)
-        tx = optim.mist_optimizer(mask, state.count, state.frozen, drop_rate=g.meta["drop_rate"],
-                                  overlap_decay=0.9, inner=sgd)
-        opt_state = tx.init(params)
+        tx = optim.mist_optimizer(drop_rate=g.meta["drop_rate"], overlap_decay=0.9, inner=sgd)
+        opt_state = optim.start_task(tx.init(params), params, mask, state.count, state.frozen, 0)
         step = jax.jit(functools.partial(_train_step, loss_fn, tx))
         keeps = iter(g.keeps(t))
         for batches in epochs[1:]:

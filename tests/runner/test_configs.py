@@ -1,22 +1,21 @@
 """Every config file loads, is locked, and configs/paper.py follows the official code
 (github.com/zhwhu/MIST: exps/*/*.json, models/{simplecil,ranpac}_mist.py, utils/data.py)."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.py"))
+from mist_jax.infra import config_files
+
+#: The run config files (not the package's __init__ and common.py).
+CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[2] / "configs").glob("*.py")
+                 if p.stem not in ("__init__", "common"))
 SPEC_SPLITS = {"cifar100": ("cifar100", 10), "cub": ("caltech_birds2011", 20),
                "imagenet_r": ("imagenet_r", 20), "imagenet_a": ("imagenet_a", 20),
                "cars": ("cars196", 20)}
 
 
-def load(path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+load = config_files.load_module
 
 
 #: Arguments that build each config file (the text after ":" in --config FILE:ARG).
@@ -75,8 +74,14 @@ def test_paper_runlocal_shrinks_only_the_sizes(flag):
     assert paper("dataset=cub,learner=simplecil,runlocal=false").to_dict() == full.to_dict()
 
 
+def _paper_docs() -> str:
+    """configs/paper.py's docstring and docs/paper_runs.md, where its sources and numbers are."""
+    paper_py = next(p for p in CONFIGS if p.stem == "paper")
+    return load(paper_py).__doc__ + (paper_py.parents[1] / "docs" / "paper_runs.md").read_text()
+
+
 def test_paper_config_documents_every_run_and_the_published_numbers():
-    doc = load(next(p for p in CONFIGS if p.stem == "paper")).__doc__
+    doc = _paper_docs()
     for dataset in SPEC_SPLITS:
         assert f"dataset={dataset}" in doc
     for learner, avg, last in (("ranpac", "85.10", "81.00"), ("simplecil", "80.95", "75.20")):
@@ -103,7 +108,7 @@ def test_paper_prompt_learners_train_as_their_papers(learner):
 
 
 def test_paper_config_quotes_the_prompt_learners_published_numbers():
-    doc = load(next(p for p in CONFIGS if p.stem == "paper")).__doc__
+    doc = _paper_docs()
     for row in ("| l2p | 75.46 | 69.77 |", "| dualprompt | 73.10 | 67.18 |",
                 "| coda_prompt | 77.97 | 72.27 |"):
         assert row in doc
@@ -136,7 +141,7 @@ def test_paper_adapter_learners_take_their_reference_json(learner, dataset):
 
 
 def test_paper_config_quotes_the_adapter_learners_published_numbers():
-    doc = load(next(p for p in CONFIGS if p.stem == "paper")).__doc__
+    doc = _paper_docs()
     for row in ("| aper (adapter) | 75.82 | 67.95 |", "| ease | 81.74 | 76.17 |",
                 "| slca | 81.17 | 77.00 |"):
         assert row in doc

@@ -1,8 +1,6 @@
 """In-task checkpoints: a run stopped (or crashed) at a step boundary inside a task resumes
 there, not at the task's start, and ends bitwise equal to a run never stopped."""
 
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -40,7 +38,7 @@ def test_stops_and_a_crash_inside_tasks_resume_there_bitwise(tmp_path):
         with pytest.raises((interrupt.Interrupted, RuntimeError)):
             run.run()
         again = train.Run(cfg, wd, progress=False)
-        got = again._in_task and again._in_task["record"]["position"]
+        got = again._in_task and again._in_task.record["position"]
         assert got == resume_at
         again.events.close()
         again.ckpt.close()

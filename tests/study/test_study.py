@@ -1,7 +1,6 @@
 """Studies (mist_jax/study): the grid, the statistics against hand-computed values, and the
 smoke study end to end (resume skips finished cells, --list / --cell / --aggregate)."""
 
-import importlib.util
 import json
 import math
 import os
@@ -13,6 +12,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+from mist_jax.infra import config_files
+
 from mist_jax import study as st
 from mist_jax.study import report, stats
 
@@ -21,10 +22,7 @@ SMOKE = "configs/studies/smoke.py"
 
 
 def _module(path):
-    spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return config_files.load_module(ROOT / path)
 
 
 def _load(path):

@@ -67,6 +67,15 @@ class _OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _read(self) -> raw.Splits:
         raise NotImplementedError
 
+    # TFDS prints "Downloading and preparing dataset Unknown size ..." before a build and
+    # "... downloaded and prepared" after: nothing is downloaded here, so say what happens.
+    def _log_download_bytes(self) -> None:
+        logging.info("Building the embedded dataset %s from local files into %s (once).",
+                     self.name, self.data_dir)
+
+    def _log_download_done(self) -> None:
+        logging.info("Built %s in %s.", self.name, self.data_dir)
+
     def _split_generators(self, dl_manager):
         del dl_manager  # Offline: nothing is downloaded.
         return {split: self._generate_examples(images, labels)

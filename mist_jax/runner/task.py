@@ -1,0 +1,71 @@
+"""One task as a learner sees it (``Learner.learn_task(state, task)``): its images and labels,
+the backbone as tuned for it, its features, its training batches with the run's in-task
+checkpoint hooks, and the one way to hand back a backbone the learner trained."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from mist_jax.infra import loop
+
+
+@dataclasses.dataclass
+class TaskView:
+    """Task ``index`` of a run (``runner.train.Run`` builds one per task).
+
+    Attributes:
+      index: the task number t; range: its classes ``(start, end)``.
+      idx, labels: int64[N] indices into the training images and their remapped labels.
+      before: what the learner's ``before_tuning`` returned (None when it was not called).
+      resume: the learner loop's snapshot to continue from (an in-task checkpoint), or None.
+      at_boundary: the run's hook, called after every step of the learner's loop.
+    """
+
+    index: int
+    range: tuple[int, int]
+    idx: np.ndarray
+    labels: np.ndarray
+    run: Any = dataclasses.field(repr=False)
+    before: Any = None
+    resume: dict | None = None
+    at_boundary: loop.Boundary | None = None
+
+    @property
+    def params(self) -> Any:
+        """``{"backbone", "head"}`` as tuned for this task."""
+        return self.run.state.params
+
+    @property
+    def backbone(self) -> Any:
+        return self.run.state.params["backbone"]
+
+    @property
+    def replicated(self) -> jax.sharding.Sharding:
+        return self.run.mesh.replicated
+
+    def features(self, embed: Callable | None = None) -> np.ndarray:
+        """float32[N, D] features of the task's training images (test transform), or
+        ``embed(backbone, images)``'s float32[N, F]."""
+        return self.run.evaluator.features(self.backbone, "train", self.idx, self.labels, embed)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return -(-len(self.idx) // batch_size)
+
+    def epoch_batches(self, batch_size: int) -> Callable:
+        """``(epoch, start) -> batches`` of (images, labels) on the mesh: shuffled, train
+        transform, the learner's own seed streams."""
+        run, t = self.run, self.index
+        return lambda e, start: run.inputs.batches(
+            run.data.train, self.idx, self.labels, batch_size, streams=("learner_", t, e),
+            start=start, desc=f"task {t} {run.learner.name} epoch {e + 1}")
+
+    def replace_backbone(self, backbone: Any) -> None:
+        """Keep the backbone a learner trained (SLCA's slow learner) for the rest of the run."""
+        state = self.run.state
+        state.params = self.run.mesh.place(dict(state.params, backbone=backbone))
+        state.backbone_version += 1
