@@ -7,8 +7,7 @@ config). An in-task checkpoint (``<workdir>/checkpoints_in_task/<step>``, only t
 holds the unfinished task's loop state on top of the last task checkpoint (the MIST epoch and
 step, params, optimizer state, scores, mask; or the learner's), written every
 ``checkpoint_every_steps`` steps, on SIGINT/SIGTERM and on a preemption notice, and deleted
-once the task's own checkpoint is on disk. Restoring under a different config fails with a
-message naming the differing keys instead of silently mixing two experiments.
+once the task's own checkpoint is on disk. A different config fails naming the keys.
 """
 
 from __future__ import annotations
@@ -26,8 +25,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from mist_jax.infra import paths
 
-# Config keys that do not change results: changing them keeps a checkpoint valid.
-# The mesh only changes float rounding (tests/infra/test_sharding.py), so a run may resume on another.
+# Config keys that do not change results (the mesh: only float rounding), so a checkpoint stays valid.
 _RESULT_NEUTRAL = ("compare_baseline", "mist.log_every", "learner.eval_batch_size", "mesh",
                    "checkpoint_every_steps", "mist.cache_dir")
 #: Orbax step of in-task checkpoint n of task t: t * IN_TASK_STRIDE + n.
@@ -83,8 +81,11 @@ class RunCheckpointer:
         self.config = config
         self.fingerprint = config_fingerprint(config)
         directory = Path(directory).absolute()
+        # Synchronous: the run waits for each save anyway, and the async path then warns
+        # "Waiting for previous save" at every task about that very wait.
         manager = lambda path, keep: ocp.CheckpointManager(
-            path, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            path, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                                       enable_async_checkpointing=False),
             # Registered up front, so reading one item (the record) needs no guess at the other.
             item_handlers={"state": ocp.StandardCheckpointHandler(),
                            "record": ocp.JsonCheckpointHandler()})
@@ -222,15 +223,13 @@ class RunCheckpointer:
 class TunedBackboneCache:
     """MIST's result on each task, shared by runs that start the task from the same state.
 
-    MIST's trajectory on task t (scores, masks, tuned params and projection head, the count /
-    frozen bookkeeping) depends on the run config without its ``learner`` block, the tuning
-    settings and the state the task starts from: every PRNG stream of MIST is keyed by seed and
-    task (``mist_jax/infra/seeds.py``), never by the learner. So SimpleCIL+MIST and RanPAC+MIST
-    of one seed tune once, while a learner that moves the backbone itself (SLCA) or tunes it
-    with settings of its own (finetune) starts from another state and gets entries of its own.
-    Entries live in ``<directory>/<fingerprint>/<digest>/<task>`` (orbax): the fingerprint is
-    ``config_fingerprint`` of the config without ``learner``, the digest is the caller's hash
-    of the tuning settings and the starting params and bookkeeping (``RunState.digest``).
+    MIST's result on task t depends on the config without its ``learner`` block, the tuning
+    settings and the state the task starts from (every PRNG stream of MIST is keyed by seed and
+    task, never by the learner). So SimpleCIL+MIST and RanPAC+MIST of one seed tune once, while
+    a learner that moves the backbone (SLCA) or tunes it itself (finetune) gets its own entries.
+    They live in ``<directory>/<fingerprint>/<digest>/<task>`` (orbax): ``config_fingerprint``
+    of the config without ``learner``, and the caller's ``RunState.digest`` of the tuning
+    settings and the starting params and bookkeeping.
 
     Args:
       directory: the cache folder (``config.mist.cache_dir``; created if missing).
@@ -247,7 +246,8 @@ class TunedBackboneCache:
     def _manager(self, digest: str) -> ocp.CheckpointManager:
         if digest not in self._managers:
             self._managers[digest] = ocp.CheckpointManager(
-                self._root / digest, options=ocp.CheckpointManagerOptions(create=True),
+                self._root / digest, options=ocp.CheckpointManagerOptions(
+                    create=True, enable_async_checkpointing=False),
                 item_handlers={"state": ocp.StandardCheckpointHandler(),
                                "record": ocp.JsonCheckpointHandler()})
         manager = self._managers[digest]

@@ -41,16 +41,16 @@ class ImageLearner(Learner):
       and ``train_epochs(task_range)`` (epochs on that task; default ``epochs``; APER trains
       on the first task only).
 
-    Two optional capabilities (class attributes):
+    Two switches of ``learn_task`` (class attributes; the runner never reads them):
 
-    * ``embeds``: after the task's epochs and ``end_task``, the runner computes ``embed(state,
-      backbone, images) -> float32[N, F]`` (pure, jit-able) on the task's training images with
-      the test transform and calls ``fit_features(state, features, labels, task_range) ->
-      state`` (prototype classifiers: APER, EASE; SLCA's class statistics);
+    * ``embeds``: after the task's epochs and ``end_task``, ``embed(state, backbone, images)
+      -> float32[N, F]`` (pure, jit-able) runs on the task's training images with the test
+      transform and ``fit_features(state, features, labels, task_range) -> state`` takes them
+      (prototype classifiers: APER, EASE; SLCA's class statistics);
     * ``trains_backbone``: the loop trains ``{"params": state.params, "backbone": backbone}``
-      (``optimizer`` gets that tree; ``loss`` gets the backbone being trained) and returns the
-      trained backbone, which the runner keeps (SLCA's slow learner). MIST, when enabled, still
-      tunes the backbone before the learner on every task.
+      (``optimizer`` gets that tree; ``loss`` gets the backbone being trained) and hands the
+      trained backbone back (``task.replace_backbone``: SLCA's slow learner). MIST, when
+      enabled, still tunes the backbone before the learner on every task.
 
     Fields: ``epochs`` and ``batch_size`` of the per-task loop, ``learning_rate`` of the
     default optimizer (optax.adam), and the run's ``num_classes``, ``num_tasks`` (0: not
