@@ -60,6 +60,22 @@ def compile_steps(loss_fn: LossFn, power: int = 2, shardings: PyTree | None = No
     )
 
 
+def add_batch(steps: tuple[Callable, Callable], acc: PyTree | None, params: PyTree, batch: Any,
+              frozen) -> PyTree:
+    """The running sum after one more batch: ``first`` of ``compile_steps``' pair when ``acc``
+    is None, else ``accumulate`` (``acc`` donated). One scoring step, for ``fisher_scores``
+    and for the runner's resumable pass (``mist.tuner.score``)."""
+    first, accumulate = steps
+    return first(params, batch, frozen) if acc is None else accumulate(acc, params, batch, frozen)
+
+
+def nonempty(acc: PyTree | None) -> PyTree:
+    """``acc``; raises ValueError when no batch was scored (it is still None)."""
+    if acc is None:
+        raise ValueError("batches is empty: pass an iterable with at least one batch of the task.")
+    return acc
+
+
 def _accumulate(loss_fn: LossFn, power: int, params: PyTree, batches: Iterable, frozen=None,
                 shardings: PyTree | None = None, init: PyTree | None = None,
                 on_batch: Callable[[PyTree], None] | None = None,
@@ -69,18 +85,13 @@ def _accumulate(loss_fn: LossFn, power: int, params: PyTree, batches: Iterable, 
             "frozen must be None or a bool pytree with the same structure as params "
             "(e.g. MistState.frozen from mist_jax.mist.masks.init_mist_state(params))."
         )
-    first, accumulate = steps or compile_steps(loss_fn, power, shardings)
+    steps = steps or compile_steps(loss_fn, power, shardings)
     acc = init
     for batch in batches:
-        if acc is None:
-            acc = first(params, batch, frozen)
-        else:
-            acc = accumulate(acc, params, batch, frozen)
+        acc = add_batch(steps, acc, params, batch, frozen)
         if on_batch is not None:
             on_batch(acc)
-    if acc is None:
-        raise ValueError("batches is empty: pass an iterable with at least one batch of the task.")
-    return acc
+    return nonempty(acc)
 
 
 def fisher_scores(

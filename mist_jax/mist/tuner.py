@@ -209,18 +209,12 @@ def score(tuner: Tuner, params: PyTree, epoch_batches: Callable[[int, int], Iter
     ``params``, laid out like them; ``images`` the images scored.
     Raises: ValueError when there is no batch.
     """
-    first, accumulate = tuner.score_steps
     params = tuner.mesh.place(params)
-
-    def step(acc, batch):
-        acc = (first(params, batch, frozen) if acc is None
-               else accumulate(acc, params, batch, frozen))
-        return acc, None, None
-
+    step = lambda acc, batch: (sensitivity.add_batch(tuner.score_steps, acc, params, batch,
+                                                     frozen), None, None)
     state = loop.run_epochs(step, state or loop.LoopState(epoch=0), epoch_batches, range(1),
                             phase="score", at_boundary=at_boundary)
-    if state.carry is None:
-        raise ValueError("batches is empty: pass an iterable with at least one batch of the task.")
+    sensitivity.nonempty(state.carry)
     return state
 
 
