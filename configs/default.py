@@ -51,6 +51,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # "default" (RandomResizedCrop, [0, 1] pixels) | "cars" (Resize 300 + RandomCrop, ImageNet
     # mean/std on the data side): mist_jax/data/transforms.py get_transforms.
     c.data.transform = "default"
+    # Grain worker processes building batches (mist_jax/data/pipeline.py): 0 = in this process,
+    # -1 = all cores but one. Batches are the same bits for any count; each pass starts its
+    # workers (seconds), so small images are faster in process. configs/paper.py sets -1.
+    c.data.workers = 0
 
     c.model = ml_collections.ConfigDict()
     c.model.source = "dinov2_vits14_imgfocus"
@@ -102,6 +106,14 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     # (path regex, "fsdp" | "replicate"), first re.search match wins; every leaf must match one.
     c.mesh.rules = sharding.DEFAULT_RULES
     c.mesh.fsdp_min_size = 16384  # leaves with fewer elements stay replicated
+
+    # The dry run (--dry_run; docs/scaling.md): the accelerator to plan for (a key of
+    # mist_jax/infra/accelerators.py, "" = none), the MFU its time estimate assumes, and whether
+    # to write jax.export files of MIST's steps for tpu and cuda. Not part of a run's config.
+    c.plan = ml_collections.ConfigDict()
+    c.plan.accelerator = ""
+    c.plan.mfu = 0.4
+    c.plan.export = False
 
     c.learner = ml_collections.ConfigDict()
     c.learner.name = "simplecil"  # a key of mist_jax.learners.LEARNERS

@@ -179,6 +179,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         c.data.test_per_class = 0
         c.data.image_size = 224
         c.data.transform = transform
+        c.data.workers = -1  # all cores but one decode and crop 224-px JPEGs
         c.model.source = "vit_base_patch16_224_in21k"
         c.model.preprocess = "none"  # [0, 1] pixels, or data-side ImageNet mean/std for Cars
         c.mist.epochs = 20

@@ -6,7 +6,8 @@ itself); with ``config.compare_baseline`` it also runs the same learner without 
 ``DIR/baseline``, then prints a summary table and writes
 ``DIR/accuracy_curve.png`` comparing both. Any key of the config can be overridden
 (``--config.mist.select_rate=0.05``); a misspelt key is an error. Re-running the same command
-resumes from the last finished task.
+resumes from the last finished task. ``--dry_run`` compiles the run's programs at their true
+shapes without weights or data and writes ``DIR/plan.json`` (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (created; resumed
 _TRACEBACK = flags.DEFINE_bool("traceback", False, "Show the full traceback of a bad-input "
                                 "error (a bad config value, a missing dataset, a corrupt "
                                 "checkpoint) instead of its one-line message.")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Compile every program of the run at its true "
+                              "shapes with no weights and no data, print memory and FLOPs per "
+                              "program and write WORKDIR/plan.json (--config.plan.accelerator "
+                              "adds the fit and a time estimate; docs/scaling.md).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -89,6 +94,10 @@ def _run(run, name: str) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if _DRY_RUN.value:
+        from mist_jax.runner import plan
+
+        plan.memory_aware_cpu_schedule()  # before the backend starts
     from mist_jax.infra import compilation_cache, logs, sharding
     from mist_jax.infra.interrupt import Interrupted, StopSignal
     from mist_jax.infra.lock import WorkdirInUse
@@ -98,7 +107,10 @@ def main(argv):
     compilation_cache.enable()  # a re-run or resume loads the compiled programs
     stop = StopSignal().install()  # SIGINT / SIGTERM: stop at the next step boundary
     try:
-        run_all(_CONFIG.value, _WORKDIR.value, stop=stop)
+        if _DRY_RUN.value:
+            plan.dry_run(_CONFIG.value, _WORKDIR.value)
+        else:
+            run_all(_CONFIG.value, _WORKDIR.value, stop=stop)
     except Interrupted as e:
         logging.error("%s", e)
         sys.exit(130)

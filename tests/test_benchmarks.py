@@ -76,3 +76,20 @@ def test_learner_wall_table_splits_each_run_into_its_phases(tmp_path):
         assert tune + train + evaluation <= wall
         assert 0 <= float(average) <= 100 and 0 <= float(last) <= 100
     assert (tmp_path / "simplecil_alone" / "baseline" / "results.json").is_file()
+
+
+def test_plan_table_gives_every_accelerator_a_verdict_and_an_estimate(tmp_path):
+    out_json = tmp_path / "plan.json"
+    out = _run("plan_table.py", "--learners", "simplecil", "--dtypes", "bfloat16", "--remat",
+               "on", "--meshes", "1", "--json", str(out_json))
+    row = next(l for l in out.splitlines() if l.startswith("| simplecil | bfloat16 | on | 1 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert len(cells) == 6 + 8 and set(cells[6:]) <= {"yes", "no"}
+    # The same memory need: a 32 GiB v6e holds whatever a 16 GiB v5e holds.
+    fits = dict(zip(["tpu_v2", "tpu_v3", "tpu_v5e", "tpu_v6e"], cells[6:10]))
+    assert not (fits["tpu_v5e"] == "yes" and fits["tpu_v6e"] == "no")
+    import json
+    (result,) = json.loads(out_json.read_text())
+    hours = {a: v["estimated_seconds"]["run"] for a, v in result["verdicts"].items()}
+    # bfloat16 at the same MFU: time scales with 1 / peak (H100 989 vs A100 312 TFLOP/s).
+    assert hours["a100_40"] / hours["h100"] == pytest.approx(989 / 312, rel=1e-6)

@@ -49,11 +49,31 @@ def to_rgb(image: np.ndarray) -> np.ndarray:
     return image[..., :3]
 
 
-def _finish(images: list[np.ndarray], mean, std) -> np.ndarray:
-    out = np.stack(images).astype(np.float32) / 255.0
+def _finish(pixels: np.ndarray, mean, std) -> np.ndarray:
+    out = pixels.astype(np.float32) / 255.0
     if mean is not None:
         out = (out - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return out
+
+
+class _Pixels:
+    """A transform as two halves: ``pixels`` (geometry: uint8 [N, S, S, 3], the host's or a
+    grain worker's part) and ``finish`` (ToTensor's / 255 and the optional Normalize, float32),
+    which is per (value, channel) and so a [256, 3] table (``lut``) a device applies exactly."""
+
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+
+    def __call__(self, images: Sequence[np.ndarray], rng=None) -> np.ndarray:
+        return self.finish(self.pixels(images, rng))
+
+    def finish(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 [..., 3] -> float32 [..., 3]: / 255, then (x - mean) / std if set."""
+        return _finish(pixels, self.mean, self.std)
+
+    def lut(self) -> np.ndarray:
+        """float32 [256, 3]: ``finish`` of every uint8 value per channel (bit for bit)."""
+        return self.finish(np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1))
 
 
 def random_resized_crop_params(height: int, width: int, scale, ratio,
@@ -83,7 +103,7 @@ def random_resized_crop_params(height: int, width: int, scale, ratio,
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainTransform:
+class TrainTransform(_Pixels):
     """RandomResizedCrop(size, scale, ratio, bilinear) + horizontal flip with probability 0.5,
     then optional (x - mean) / std: the ``"default"`` training pipeline (official code
     ``utils/data.py``, ``build_transform(is_train=True)``).
@@ -99,7 +119,8 @@ class TrainTransform:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
 
-    def __call__(self, images: Sequence[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    def pixels(self, images: Sequence[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+        """The crop and flip: uint8 [N, size, size, 3]."""
         out = []
         for image in images:
             image = to_rgb(image)
@@ -111,11 +132,11 @@ class TrainTransform:
             if self.flip and rng.random() < 0.5:
                 crop = crop[:, ::-1]
             out.append(crop)
-        return _finish(out, self.mean, self.std)
+        return np.stack(out)
 
 
 @dataclasses.dataclass(frozen=True)
-class EvalTransform:
+class EvalTransform(_Pixels):
     """Resize the shorter side to `resize` (bicubic), centre-crop `size` x `size`, then optional
     (x - mean) / std: the test pipeline of both ``"default"`` and ``"cars"`` (official code
     ``utils/data.py``: ``build_transform(is_train=False)``, ``iCARS196_224.test_trsf``).
@@ -129,7 +150,8 @@ class EvalTransform:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
 
-    def __call__(self, images: Sequence[np.ndarray], rng=None) -> np.ndarray:
+    def pixels(self, images: Sequence[np.ndarray], rng=None) -> np.ndarray:
+        """The resize and centre crop: uint8 [N, size, size, 3]."""
         del rng
         short = self.resize or int(256 / 224 * self.size)
         if short < self.size:
@@ -144,7 +166,7 @@ class EvalTransform:
             top = int(round((new_h - self.size) / 2.0))
             left = int(round((new_w - self.size) / 2.0))
             out.append(resized[top:top + self.size, left:left + self.size])
-        return _finish(out, self.mean, self.std)
+        return np.stack(out)
 
 
 def train_transform(size: int, **kwargs) -> TrainTransform:
@@ -161,7 +183,7 @@ test_transform.__test__ = False  # Not a pytest test, despite the name.
 
 
 @dataclasses.dataclass(frozen=True)
-class ResizeCropTransform:
+class ResizeCropTransform(_Pixels):
     """Resize to `resize` x `resize` (bicubic, aspect ratio not kept), RandomCrop `size` x
     `size`, horizontal flip with probability 0.5, then optional (x - mean) / std.
 
@@ -180,7 +202,8 @@ class ResizeCropTransform:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
 
-    def __call__(self, images: Sequence[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+    def pixels(self, images: Sequence[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+        """The resize, random crop and flip: uint8 [N, size, size, 3]."""
         if self.resize < self.size:
             raise ValueError(f"resize {self.resize} is smaller than the crop size {self.size}.")
         out = []
@@ -194,7 +217,7 @@ class ResizeCropTransform:
             if self.flip and rng.random() < 0.5:
                 crop = crop[:, ::-1]
             out.append(crop)
-        return _finish(out, self.mean, self.std)
+        return np.stack(out)
 
 
 #: Names accepted by ``config.data.transform``.

@@ -25,9 +25,9 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from mist_jax.infra import paths
 
-# Config keys that do not change results (the mesh: only float rounding), so a checkpoint stays valid.
+# Config keys that do not change results (mesh: only float rounding): a checkpoint stays valid.
 _RESULT_NEUTRAL = ("compare_baseline", "mist.log_every", "learner.eval_batch_size", "mesh",
-                   "checkpoint_every_steps", "mist.cache_dir")
+                   "data.workers", "checkpoint_every_steps", "mist.cache_dir")
 #: Orbax step of in-task checkpoint n of task t: t * IN_TASK_STRIDE + n.
 IN_TASK_STRIDE = 10**9
 

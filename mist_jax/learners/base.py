@@ -95,6 +95,21 @@ class Learner:
         del before, after
         return state
 
+    def programs(self, state: State, backbone: PyTree, images: Any, num_classes: int) -> list:
+        """The learner's own jitted programs at the run's shapes, as ``infra.programs.Program``s
+        for the dry run (``runner/plan.py``); nothing is computed.
+
+        Args:
+          state: the abstract state of ``init`` (``jax.eval_shape``; ShapeDtypeStructs).
+          backbone: the abstract ViT params; images: an abstract float32[B, S, S, 3] test
+            batch (B = ``learner.eval_batch_size``).
+          num_classes: classes seen after the last task (shapes of the final evaluation).
+        Default: none (a features learner's fit runs on the host; its features are the
+        runner's feature program).
+        """
+        del state, backbone, images, num_classes
+        return []
+
 
 def check_task(features, labels, task_range: tuple[int, int], num_seen: int,
                feature_dim: int) -> tuple[np.ndarray, np.ndarray]:

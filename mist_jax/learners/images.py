@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 from mist_jax.infra import loop
+from mist_jax.infra.programs import Program
 from mist_jax.learners.base import Learner
 
 PyTree = Any
@@ -135,6 +136,28 @@ class ImageLearner(Learner):
         logits = self.jitted("logits", view.replicated)
         return np.concatenate([np.asarray(logits(state, view.backbone, x))
                                for x, _ in view.batches()])
+
+    def programs(self, state, backbone, images, num_classes) -> list[Program]:
+        """Its training step on a batch of ``batch_size`` (``epochs`` passes over the task),
+        ``logits`` on a test batch and, for a learner that embeds, ``embed`` once per training
+        image (``Learner.programs``). The training batch is not laid out on a mesh."""
+        del num_classes
+        tx, step = _build_step(self, 1)
+        params = ({"params": state.params, "backbone": backbone} if self.trains_backbone
+                  else state.params)
+        side, b = images.shape[1], self.batch_size
+        args = (params, jax.eval_shape(tx.init, params), state,
+                None if self.trains_backbone else backbone,
+                jax.ShapeDtypeStruct((b, side, side, 3), images.dtype),
+                jax.ShapeDtypeStruct((b,), jnp.int32), jax.ShapeDtypeStruct((2,), jnp.int32))
+        test = (state, backbone, images)
+        out = [Program(f"{self.name} training step", step, args, b, train_passes=self.epochs),
+               Program(f"{self.name} logits", jax.jit(self.logits), test, images.shape[0],
+                       test_passes=1)]
+        if self.embeds:
+            out.append(Program(f"{self.name} embed", jax.jit(self.embed), test, images.shape[0],
+                               train_passes=1))
+        return out
 
     def jitted(self, method: str, replicated) -> Callable:
         """``jax.jit`` of ``method`` (``"logits"`` or ``"embed"``) with replicated outputs,

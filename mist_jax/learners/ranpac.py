@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from mist_jax.infra.programs import Program
 from mist_jax.learners.base import Learner, check_task
 
 RIDGES = tuple(10.0 ** np.arange(-8, 9))
@@ -156,6 +157,17 @@ class RanPAC(Learner):
         ridges = np.append(np.asarray(state.ridges, np.float64), ridge)
         return RanPACState(w_rand=state.w_rand, weight=jnp.asarray(weight, jnp.float32),
                            gram=gram, q=q, ridges=ridges, key=key)
+
+    def programs(self, state, backbone, images, num_classes) -> list[Program]:
+        """The projection of a task's features (once per training image) and the logits of a
+        test batch over ``num_classes`` classes."""
+        dim, m = state.w_rand.shape
+        feats = jax.ShapeDtypeStruct((images.shape[0], dim), jnp.float32)
+        weight = jax.ShapeDtypeStruct((num_classes, m), jnp.float32)
+        return [Program("ranpac projection", project, (feats, state.w_rand), images.shape[0],
+                        train_passes=1),
+                Program("ranpac logits", _logits, (feats, state.w_rand, weight), images.shape[0],
+                        test_passes=1)]
 
     def logits(self, state: RanPACState, features) -> jax.Array:
         """ReLU(x W_rand) W^T: float32[N, num_seen]."""

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from mist_jax.infra.programs import Program
 from mist_jax.learners.base import Learner, check_task
 from mist_jax.learners.drift import DEFAULT_SIGMA, compensate_drift
 from mist_jax.models.normalize import l2_normalize
@@ -76,6 +77,13 @@ class SimpleCIL(Learner):
     def logits(self, state: SimpleCILState, features) -> jax.Array:
         """Cosine similarities float32[N, num_seen]."""
         return cosine_logits(jnp.asarray(features, jnp.float32), state.prototypes)
+
+    def programs(self, state, backbone, images, num_classes) -> list[Program]:
+        """``cosine_logits`` of a test batch against ``num_classes`` prototypes."""
+        dim = state.prototypes.shape[1]
+        args = (jax.ShapeDtypeStruct((images.shape[0], dim), jnp.float32),
+                jax.ShapeDtypeStruct((num_classes, dim), jnp.float32))
+        return [Program("simplecil logits", cosine_logits, args, images.shape[0], test_passes=1)]
 
     def before_tuning(self, state: SimpleCILState, task):
         """With ``drift_compensation``, from the second task on: the task's features before

@@ -81,6 +81,30 @@ NAMED = {
 }
 
 
+#: ``ViT`` fields of the named sources, for their shapes without the file (the dry run).
+ARCHITECTURES = {
+    EMBEDDED: dict(width=384, depth=12, num_heads=6, mlp_dim=1536, patch_size=14,
+                   layerscale=True),
+    "vit_base_patch16_224_in21k": dict(width=768, depth=12, num_heads=12, mlp_dim=3072,
+                                       patch_size=16),
+}
+
+
+def abstract_pretrained(source: str, image_size: int, **model_kwargs) -> tuple[ViT, dict]:
+    """``(model, params)`` of ``load_pretrained(source, image_size, ...)`` with params as
+    ``jax.ShapeDtypeStruct``s (float32): no file is read for a source of ``ARCHITECTURES``;
+    another source (a file) is loaded to learn its shapes.
+
+    Raises: what ``load_pretrained`` raises for a file source.
+    """
+    if source in ARCHITECTURES:
+        model = ViT(**ARCHITECTURES[source], image_size=image_size, **model_kwargs)
+    else:
+        model, _ = load_pretrained(source, image_size, **model_kwargs)
+    x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), np.float32)
+    return model, jax.eval_shape(model.init, jax.random.key(0), x)["params"]
+
+
 def original_in21k_reason(keys, filename: str) -> str | None:
     """Why a checkpoint looks like the 2020 ViT ImageNet-21k release, or None.
 

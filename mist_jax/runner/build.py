@@ -13,6 +13,7 @@ from mist_jax.data import get_preprocess
 from mist_jax.infra import seeds, sharding
 from mist_jax.mist import ablations, fish
 from mist_jax.models import load_pretrained, tiny_vit
+from mist_jax.models.pretrained import abstract_pretrained
 
 
 def build_backbone(cfg: ml_collections.ConfigDict):
@@ -20,12 +21,26 @@ def build_backbone(cfg: ml_collections.ConfigDict):
 
     ``model.source = "tiny"`` is a 2-block random ViT for smoke tests (no pre-training).
     """
+    return _backbone(cfg, abstract=False)
+
+
+def abstract_backbone(cfg: ml_collections.ConfigDict):
+    """``build_backbone``'s (model, params, preprocess) with params as ``jax.ShapeDtypeStruct``s
+    (float32): no weights are read for ``tiny`` or a named source (``runner/plan.py``'s dry
+    run). Raises: ValueError as ``build_backbone``."""
+    return _backbone(cfg, abstract=True)
+
+
+def _backbone(cfg: ml_collections.ConfigDict, abstract: bool):
     m = cfg.model
     kw = dict(dtype=jnp.dtype(m.dtype), remat=m.remat)
     if m.source == "tiny":
         model = tiny_vit(image_size=cfg.data.image_size, **kw)
         x = jnp.zeros((1, cfg.data.image_size, cfg.data.image_size, 3))
-        params = jax.jit(model.init)(seeds.key(cfg.seed, "backbone"), x)["params"]  # 1 compile
+        init = jax.eval_shape if abstract else lambda f, *a: jax.jit(f)(*a)  # 1 compile
+        params = init(model.init, seeds.key(cfg.seed, "backbone"), x)["params"]
+    elif abstract:
+        model, params = abstract_pretrained(m.source, cfg.data.image_size, **kw)
     else:
         model, params = load_pretrained(m.source, image_size=cfg.data.image_size, **kw)
     size, patch = cfg.data.image_size, model.patch_size

@@ -17,6 +17,15 @@ from mist_jax.runner.inputs import Inputs
 from mist_jax.runner.state import RunState
 
 
+def jit_forward(model, preprocess: Callable, mesh, params: Any) -> Callable:
+    """The jitted feature extraction ``(backbone, images float32[B, S, S, 3]) -> float32[B, D]``
+    on ``mesh`` (``sharding.MeshContext``): the backbone laid out as ``params["backbone"]``,
+    the features replicated."""
+    return jax.jit(lambda p, x: model.apply({"params": p}, preprocess(x)),
+                   in_shardings=(mesh.shardings(params)["backbone"], None),
+                   out_shardings=mesh.replicated)
+
+
 class Evaluator:
     """Feature extraction and evaluation on the run's mesh.
 
@@ -29,10 +38,7 @@ class Evaluator:
     def __init__(self, data: TaskData, model, preprocess: Callable, inputs: Inputs,
                  params: Any, batch_size: int):
         self.data, self.inputs, self.batch_size, self.width = data, inputs, batch_size, model.width
-        mesh = inputs.mesh
-        self._forward = jax.jit(lambda p, x: model.apply({"params": p}, preprocess(x)),
-                                in_shardings=(mesh.shardings(params)["backbone"], None),
-                                out_shardings=mesh.replicated)
+        self._forward = jit_forward(model, preprocess, inputs.mesh, params)
         self._cache = None  # test features per test image, valid for one backbone version
 
     def features(self, backbone: Any, split: str, idx: np.ndarray, labels: np.ndarray,

@@ -15,6 +15,7 @@ from typing import Any
 import ml_collections
 
 from mist_jax import learners
+from mist_jax.infra import accelerators
 from mist_jax.mist import ablations, inner, masks, objectives, optim
 from mist_jax.data import preprocess, transforms
 
@@ -50,6 +51,18 @@ def _rules(cfg) -> list[str]:
     return problems
 
 
+def _plan(cfg) -> list[str]:
+    p = cfg.get("plan") or {}
+    problems = []
+    if p.get("accelerator", "") not in ("", *accelerators.ACCELERATORS):
+        problems.append(f"plan.accelerator={p.get('accelerator')!r}: one of "
+                        f"{', '.join(accelerators.ACCELERATORS)}, or '' for none.")
+    if not _num(p.get("mfu", 0.4)) or not 0 < p.get("mfu", 0.4) <= 1:
+        problems.append(f"plan.mfu={p.get('mfu')!r}: the model FLOPs utilisation assumed, in "
+                        "(0, 1], e.g. 0.4.")
+    return problems
+
+
 def check_config(cfg: ml_collections.ConfigDict) -> None:
     """Check every value of a run config (``configs/default.py`` layout).
 
@@ -71,6 +84,8 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
          _int(d.train_per_class) and d.train_per_class >= 0, "an integer >= 0 (0 = all)"),
         ("data.test_per_class", d.test_per_class,
          _int(d.test_per_class) and d.test_per_class >= 0, "an integer >= 0 (0 = all)"),
+        ("data.workers", d.get("workers", 0), _int(d.get("workers", 0))
+         and d.get("workers", 0) >= -1, "an integer >= 0, or -1 for all cores but one"),
         ("data.eval_split", d.eval_split, d.eval_split in EVAL_SPLITS, f"one of {EVAL_SPLITS}"),
         ("data.image_size", d.image_size, _int(d.image_size) and d.image_size >= 1,
          "a side in pixels, a multiple of the model's patch size"),
@@ -131,7 +146,7 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
         inner.from_config(mi)
     except ValueError as e:
         problems.append(str(e))
-    problems += _rules(cfg)
+    problems += _rules(cfg) + _plan(cfg)
     if learner is not None and le.name not in le:
         problems.append(f"learner.{le.name}: the config has no block for this learner; add "
                         f"config.learner.{le.name} = LEARNERS[{le.name!r}].default_config().")
