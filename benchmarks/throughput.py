@@ -178,7 +178,8 @@ def _counts(args) -> tuple[list[int], bool]:
     return counts, False
 
 
-def main(argv=None):
+def main(argv=None) -> list[dict] | None:
+    """Print the table; returns its rows (one dict per device count)."""
     args = parse_args(argv)
     if args.worker:
         print("RESULT " + json.dumps(worker(args)))
@@ -212,6 +213,7 @@ def main(argv=None):
         print(f"| {r['devices']} | {m['data']} x {m['fsdp']} | {r['scoring']:.1f} | "
               f"{r['step']:.1f} | {r['features']:.1f} | {r['step_tflops']:.3f} | "
               f"{pct(r['step_mfu'])} | {pct(r['features_mfu'])} |")
+    return rows
 
 
 if __name__ == "__main__":

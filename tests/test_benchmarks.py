@@ -93,3 +93,19 @@ def test_plan_table_gives_every_accelerator_a_verdict_and_an_estimate(tmp_path):
     hours = {a: v["estimated_seconds"]["run"] for a, v in result["verdicts"].items()}
     # bfloat16 at the same MFU: time scales with 1 / peak (H100 989 vs A100 312 TFLOP/s).
     assert hours["a100_40"] / hours["h100"] == pytest.approx(989 / 312, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_device_check_runs_every_section_at_tiny_shapes(tmp_path):
+    out_json = tmp_path / "device_check.json"
+    _run("device_check.py", "--tiny", "--json", str(out_json))
+    import json
+    out = json.loads(out_json.read_text())
+    assert set(out["seconds"]) == {"devices", "dry_run", "throughput", "input", "run"}
+    assert not any("error" in out[k] for k in ("dry_run", "input", "run"))
+    assert out["devices"]["backend"] == "cpu" and out["devices"]["count"] >= 1
+    names = {p["name"] for p in out["dry_run"]["programs"]}
+    assert {"mist scoring step", "mist tuning step", "features"} <= names
+    assert out["throughput"][0]["step"] > 0
+    assert out["input"]["identical"] is True and out["input"]["supply"]["grain_w1"] > 0
+    assert out["run"]["tasks"] == 2 and len(out["run"]["top1_curve"]) == 2

@@ -11,7 +11,7 @@ in order: task t covers classes [start, end) with start equal to the number of c
 ``task`` (the runner's ``runner.task.TaskView``) gives what a learner may need: ``index``,
 ``range``, ``labels`` (host int64[N]), ``params`` / ``backbone`` (as tuned for this task),
 ``before`` (what ``before_tuning`` returned), ``features(embed=None)`` (float32[N, D] of the
-task's training images, test transform), ``epoch_batches(batch_size)``, ``steps_per_epoch(
+task's training images, test transform), ``epoch_batches(batch_size, epochs)``, ``steps_per_epoch(
 batch_size)``, ``at_boundary`` and ``resume`` (the in-task checkpoint hooks), ``replicated``
 (the mesh's replicated sharding) and ``replace_backbone(backbone)`` (for a learner that trains
 it). ``view`` (``runner.evaluate``) gives ``features()`` of the seen classes' test images,

@@ -120,7 +120,8 @@ class ImageLearner(Learner):
         ``fit_features`` on ``embed``'s features of the task's images. Returns ``(state,
         {"learner_loss_per_epoch": [...]})``."""
         state, losses, backbone = fit_on_images(
-            self, state, task.backbone, task.epoch_batches(self.batch_size), task.range,
+            self, state, task.backbone,
+            task.epoch_batches(self.batch_size, self.train_epochs(task.range)), task.range,
             at_boundary=task.at_boundary, resume=task.resume,
             steps_per_epoch=task.steps_per_epoch(self.batch_size))
         if self.trains_backbone:

@@ -7,6 +7,7 @@ same batches from where it stopped."""
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable, Iterator
 
 import jax
 import ml_collections
@@ -36,35 +37,46 @@ class Inputs:
         self._finish = {"train": pipeline.device_finish(self.train_transform.lut()),
                         "test": pipeline.device_finish(self.test_transform.lut())}
         self.bar = None
-        self._prefetchers = weakref.WeakSet()
+        self._prefetchers, self._streams = weakref.WeakSet(), weakref.WeakSet()
 
-    def batches(self, images: ImageSet, idx: np.ndarray, labels: np.ndarray, batch: int,
-                streams: tuple[str, int, int] | None = None, key: jax.Array | None = None,
-                desc: str | None = None, start: int = 0):
-        """Global batches on the mesh: (float32[B, S, S, 3] images in [0, 1], int32[B]
-        labels[, PRNG key]) (``data.batches.BatchMaker``, ``data.pipeline``).
+    def batches(self, images: ImageSet, idx: np.ndarray, labels: np.ndarray, batch: int):
+        """One pass in order through the test transform: global batches on the mesh
+        (float32[B, S, S, 3] images, int32[B] labels) (``data.batches.BatchMaker``)."""
+        maker = batches.batch_maker(images, idx, labels, batch, self.test_transform,
+                                    local_rows=self.mesh.local_rows)
+        return self._on_mesh(pipeline.pixel_batches(maker, 0, self.workers), self._finish["test"])
 
-        ``streams = (prefix, t, e)``: shuffled, train transform, seed sequences
-        ``(config.seed, prefix + "order" | prefix + "transform", t, e)``; None: in order, test
-        transform. ``key``: batch b also gets ``fold_in(key, b)``. ``start``: skip the first
-        batches (resuming inside an epoch). ``desc``: the progress bar's title.
-        """
-        seqs = {}
-        if streams is not None:
-            prefix, t, e = streams
-            seqs = dict(order_seq=seeds.sequence(self.cfg.seed, prefix + "order", t, e),
-                        transform_seq=seeds.sequence(self.cfg.seed, prefix + "transform", t, e))
-        tf = self.train_transform if streams is not None else self.test_transform
-        maker = batches.batch_maker(images, idx, labels, batch, tf,
-                                    local_rows=self.mesh.local_rows, **seqs)
-        host = pipeline.pixel_batches(maker, start, self.workers)
-        if key is not None:
-            host = batches.with_keys(host, key, start)
-        if desc is not None:
-            host = self.bar = tqdm.tqdm(host, desc=desc, leave=False, disable=not self.progress,
-                                        initial=start, total=len(maker))
-        finish = self._finish["test" if streams is None else "train"]
+    def epochs(self, images: ImageSet, idx: np.ndarray, labels: np.ndarray, batch: int,
+               prefix: str, t: int, epochs: int, keys: Callable[[int], jax.Array] | None = None,
+               desc: Callable[[int], str] = str) -> Callable[[int, int], Iterator]:
+        """``(e, start) -> iterator`` of epoch e's global batches on the mesh from batch
+        ``start`` on (resuming inside an epoch): (float32[B, S, S, 3] images in [0, 1],
+        int32[B] labels[, PRNG key]), shuffled, train transform, seed sequences
+        ``(config.seed, prefix + "order" | prefix + "transform", t, e)``, the ``epochs``
+        epochs built by one ``pipeline.EpochStream``. ``keys(e)``: batch b of epoch e also
+        gets ``fold_in(keys(e), b)``. ``desc(e)``: the progress bar's title."""
+        def maker(e):
+            return batches.batch_maker(
+                images, idx, labels, batch, self.train_transform,
+                seeds.sequence(self.cfg.seed, prefix + "order", t, e),
+                seeds.sequence(self.cfg.seed, prefix + "transform", t, e), self.mesh.local_rows)
 
+        stream = pipeline.EpochStream(maker, epochs, self.workers)
+        self._streams.add(stream)
+
+        def epoch_batches(e: int, start: int) -> Iterator:
+            host = stream(e, start)
+            if keys is not None:
+                host = batches.with_keys(host, keys(e), start)
+            host = self.bar = tqdm.tqdm(host, desc=desc(e), leave=False, initial=start,
+                                        disable=not self.progress, total=len(maker(e)))
+            return self._on_mesh(host, self._finish["train"])
+
+        return epoch_batches
+
+    def _on_mesh(self, host: Iterator, finish: Callable) -> Iterator:
+        """Host batches (n, (uint8 images, labels, ...)) laid out on the mesh and finished
+        there, prepared two ahead in a thread."""
         def put(b):  # uint8 to the devices, then / 255 (and Normalize) there
             x, *rest = self.mesh.put_batch(b[1], b[0])
             return (finish(x), *rest)
@@ -74,5 +86,8 @@ class Inputs:
         return gen
 
     def close(self) -> None:
+        """Stop every prefetcher, then every stream's workers."""
         for gen in list(self._prefetchers):
             gen.close()
+        for stream in list(self._streams):
+            stream.close()

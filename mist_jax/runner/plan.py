@@ -153,13 +153,14 @@ def estimate_seconds(cfg: ml_collections.ConfigDict, rows: list[dict], devices: 
 def assess(cfg: ml_collections.ConfigDict, plan: dict, accelerator: str) -> dict:
     """What a dry run's ``plan`` (its ``programs`` rows, ``held_bytes_per_device``,
     ``devices``, ``mfu``) means on ``accelerator``: ``{"fits", "need", "usable", "worst",
-    "estimated_seconds"}``. ``need``: the largest program peak plus what the run holds on each
+    "worst_peak", "estimated_seconds"}``. ``need``: the largest program peak plus what the run holds on each
     device (bytes); fits when it is at most the accelerator's usable memory."""
     acc = accelerators.get(accelerator)
     worst = max(plan["programs"], key=lambda r: r["peak_bytes_per_device"])
     need = worst["peak_bytes_per_device"] + sum(plan["held_bytes_per_device"].values())
     usable = acc.memory * acc.usable
     return {"fits": need <= usable, "need": need, "usable": usable, "worst": worst["name"],
+            "worst_peak": worst["peak_bytes_per_device"],
             "estimated_seconds": estimate_seconds(cfg, plan["programs"], plan["devices"],
                                                   acc.peak(cfg.model.dtype), plan["mfu"])}
 
@@ -216,8 +217,9 @@ def dry_run(cfg: ml_collections.ConfigDict, workdir: str | Path,
         plan["fits"], plan["estimated_seconds"] = verdict["fits"], verdict["estimated_seconds"]
         est, worst, usable = verdict["estimated_seconds"], verdict["worst"], verdict["usable"]
         label = accelerators.get(plan_cfg.accelerator).label
-        echo(f"{label}: largest need {_gib(verdict['need'])} GiB per device ({worst} + run "
-             f"state {_gib(sum(held.values()))}) of {_gib(usable)} usable: "
+        echo(f"{label}: largest need {_gib(verdict['need'])} GiB per device ({worst} "
+             f"{_gib(verdict['worst_peak'])} + run state {_gib(sum(held.values()))}) of "
+             f"{_gib(usable)} usable: "
              f"{'fits' if plan['fits'] else 'DOES NOT FIT'}. At {plan_cfg.mfu:.0%} MFU: "
              f"{est['per_task'] / 60:.1f} min per task, {est['run'] / 3600:.2f} h per run "
              "(device compute only).")

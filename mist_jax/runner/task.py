@@ -56,13 +56,13 @@ class TaskView:
     def steps_per_epoch(self, batch_size: int) -> int:
         return -(-len(self.idx) // batch_size)
 
-    def epoch_batches(self, batch_size: int) -> Callable:
-        """``(epoch, start) -> batches`` of (images, labels) on the mesh: shuffled, train
-        transform, the learner's own seed streams."""
+    def epoch_batches(self, batch_size: int, epochs: int) -> Callable:
+        """``(epoch, start) -> batches`` of (images, labels) on the mesh for epochs 0 ..
+        ``epochs`` - 1: shuffled, train transform, the learner's own seed streams."""
         run, t = self.run, self.index
-        return lambda e, start: run.inputs.batches(
-            run.data.train, self.idx, self.labels, batch_size, streams=("learner_", t, e),
-            start=start, desc=f"task {t} {run.learner.name} epoch {e + 1}")
+        return run.inputs.epochs(run.data.train, self.idx, self.labels, batch_size, "learner_",
+                                 t, epochs, desc=lambda e: f"task {t} {run.learner.name} epoch "
+                                                           f"{e + 1}")
 
     def replace_backbone(self, backbone: Any) -> None:
         """Keep the backbone a learner trained (SLCA's slow learner) for the rest of the run."""

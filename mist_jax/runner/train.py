@@ -203,10 +203,11 @@ class Run:
             if cached is not None:
                 return self._reuse_tuned(t, *cached)
         epochs, rows = self.tuning.epochs, []
-        epoch_batches = lambda e, start: self.inputs.batches(
-            self.data.train, task.idx, task.labels, self.tuning.batch_size, streams=("", t, e),
-            key=seeds.key(cfg.seed, "views", t, e), start=start,
-            desc=f"task {t} MI epoch {e + 1}/{epochs}" + (" (scoring)" if e == 0 else ""))
+        epoch_batches = self.inputs.epochs(
+            self.data.train, task.idx, task.labels, self.tuning.batch_size, "", t, epochs,
+            keys=lambda e: seeds.key(cfg.seed, "views", t, e),
+            desc=lambda e: f"task {t} MI epoch {e + 1}/{epochs}" + (" (scoring)" if e == 0
+                                                                   else ""))
         state.params, state.mist, log = self.tuner.adapt(
             state.params, state.mist, epoch_batches, seeds.key(cfg.seed, "drop", t),
             on_step=lambda row: (rows.append(outputs.jsonable(row)), self._on_step(t, row)),

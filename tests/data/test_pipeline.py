@@ -104,3 +104,31 @@ def test_a_process_reading_with_workers_exits_cleanly():
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "5"
     assert "leaked" not in proc.stderr and "resource_tracker" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_epoch_stream_hands_out_each_epochs_batches_and_restarts_on_a_resume(workers):
+    s, idx = _photos(9), np.arange(9)
+    tf = transforms.train_transform(8)
+
+    def maker(e):
+        return batches.batch_maker(s, idx, s.labels, 4, tf, (3, 1, e), (3, 2, e))
+
+    def pixels(it):
+        return [x for _, (x, _) in it]
+
+    want = {e: pixels(pipeline.pixel_batches(maker(e))) for e in range(3)}
+    stream = pipeline.EpochStream(maker, 3, workers)
+    iterators = set()
+    for e in range(3):  # in sequence: one grain iterator for the three epochs
+        got = pixels(stream(e, 0))
+        iterators.add(id(stream._it))  # pylint: disable=protected-access
+        assert len(got) == 3 and all(np.array_equal(a, b) for a, b in zip(got, want[e]))
+    assert len(iterators) == 1
+    first = stream._it  # pylint: disable=protected-access
+    # A resume inside epoch 1 (out of sequence): started again there.
+    got = pixels(stream(1, 2))
+    assert stream._it is not first  # pylint: disable=protected-access
+    assert len(got) == 1 and np.array_equal(got[0], want[1][2])
+    assert all(np.array_equal(a, b) for a, b in zip(pixels(stream(2, 0)), want[2]))
+    stream.close()

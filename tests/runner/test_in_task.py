@@ -10,7 +10,8 @@ from support.runs import StopAt, smoke  # noqa: E402
 from mist_jax.infra import interrupt  # noqa: E402
 from mist_jax.runner import train
 
-NEUTRAL = TIMING | {"checkpoint_every_steps"}  # result-neutral: may differ from the reference
+# Result-neutral: may differ from the reference.
+NEUTRAL = TIMING | {"checkpoint_every_steps", "workers"}
 
 
 def _config():
@@ -18,7 +19,8 @@ def _config():
     return smoke(**{"learner.simplecil.drift_compensation": True, "mist.log_every": 1})
 
 
-def test_stops_and_a_crash_inside_tasks_resume_there_bitwise(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_stops_and_a_crash_inside_tasks_resume_there_bitwise(tmp_path, workers):
     train.Run(_config(), tmp_path / "ref", progress=False).run()
     want = outcome(tmp_path / "ref", NEUTRAL)
     # Smoke task: 4 scoring batches (boundaries 1-4) and 4 MIST steps (5-8), then the check
@@ -27,6 +29,7 @@ def test_stops_and_a_crash_inside_tasks_resume_there_bitwise(tmp_path):
     cfg = _config()
     with cfg.unlocked():
         cfg.checkpoint_every_steps = 3  # result-neutral: same fingerprint as the reference
+        cfg.data.workers = workers  # grain worker processes build the batches (also neutral)
     script = [
         (StopAt(2), {"phase": "score", "epoch": 0, "batch": 2}),
         (StopAt(4), {"phase": "tune", "epoch": 1, "batch": 2}),  # boundary 6

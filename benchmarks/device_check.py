@@ -1,0 +1,132 @@
+"""One command for a machine with an accelerator (a Colab TPU or GPU runtime, a cloud VM): what
+mist-jax does there, in one JSON, in at most about 8 minutes.
+
+  1. devices      jax.devices(): platform, kind, count; jax / jaxlib versions
+  2. dry run      every program of paper.py's ImageNet-R SimpleCIL + MIST run (ViT-B/16,
+                  224 px) compiled for this backend: memory per device and FLOPs
+                  (``runner.plan``; on an accelerator the memory is its own compiler's)
+  3. throughput   images/s and MFU of MI scoring, the MIST step and feature extraction at the
+                  paper shape on 1, 2, 4, ... local devices (benchmarks/throughput.py)
+  4. input        grain's supply of 224-px JPEG batches with 0 and all-but-one workers against
+                  the MIST step's and feature step's demand (benchmarks/input_pipeline.py)
+  5. run          a shrunk continual run end to end at 224 px: the embedded default's images
+                  upsampled, two tasks, 2 MI epochs (python -m mist_jax.main)
+
+  python benchmarks/device_check.py --json device_check.json
+  python benchmarks/device_check.py --tiny          # the same plumbing on CPU in a minute
+
+Each section's wall time is recorded; a failing section records its error and the others
+still run (exit status 1 if any failed). docs/scaling.md says how to run it on Colab.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", default="device_check.json")
+    p.add_argument("--tiny", action="store_true",
+                   help="tiny shapes (a 2-block ViT at 32 px, the smoke run): for CPU and tests")
+    return p.parse_args(argv)
+
+
+def devices() -> dict:
+    import jax
+    import jaxlib
+
+    devs = jax.devices()
+    return {"backend": jax.default_backend(), "count": len(devs),
+            "kinds": sorted({d.device_kind for d in devs}), "jax": jax.__version__,
+            "jaxlib": jaxlib.__version__, "processes": jax.process_count(),
+            "host_cores": os.cpu_count()}
+
+
+def dry_run(tiny: bool, folder: Path) -> dict:
+    from configs import default, paper
+    from mist_jax.runner import plan
+
+    cfg = (default.get_config("smoke") if tiny
+           else paper.get_config("dataset=imagenet_r,learner=simplecil"))
+    out = plan.dry_run(cfg, folder / "dry_run")
+    return {"programs": out["programs"], "held_bytes_per_device": out["held_bytes_per_device"]}
+
+
+def throughput(tiny: bool) -> list[dict]:
+    import throughput as bench
+
+    args = (["--model", "tiny", "--image-size", "32", "--batch", "8", "--devices", "1"] if tiny
+            else ["--model", "b16", "--image-size", "224", "--batch", "56"])
+    return bench.main(args)
+
+
+def input_supply(tiny: bool) -> dict:
+    import input_pipeline as bench
+
+    workers = max((os.cpu_count() or 1) - 1, 1)
+    args = (["--image-size", "32", "--images", "16", "--batch", "4", "--epochs", "2",
+             "--workers", "0,1", "--no-demand"] if tiny
+            else ["--image-size", "224", "--workers", f"0,{workers}"])
+    return bench.main(args)
+
+
+def shrunk_run(tiny: bool, folder: Path) -> dict:
+    """The embedded default (DINOv2-S/14) at 224 px, two tasks of 15 classes, 2 MI epochs."""
+    work = folder / "run"
+    overrides = (["--config", "configs/default.py:smoke"] if tiny else
+                 ["--config", "configs/default.py", "--config.data.image_size=224",
+                  "--config.data.init_cls=15", "--config.data.increment=15",
+                  "--config.data.train_per_class=20", "--config.data.test_per_class=20",
+                  "--config.mist.epochs=2", "--config.learner.eval_batch_size=120"])
+    cmd = [sys.executable, "-m", "mist_jax.main", "--workdir", str(work), *overrides,
+           "--config.compare_baseline=False"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    results = json.loads((work / "mist" / "results.json").read_text())
+    return {key: results[key] for key in ("acc_matrix", "top1_curve", "average_accuracy")
+            if key in results} | {"tasks": len(results["acc_matrix"])}
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    out, failed = {"tiny": args.tiny}, []
+    with tempfile.TemporaryDirectory() as tmp:
+        sections = {"devices": devices, "dry_run": lambda: dry_run(args.tiny, Path(tmp)),
+                    "throughput": lambda: throughput(args.tiny),
+                    "input": lambda: input_supply(args.tiny),
+                    "run": lambda: shrunk_run(args.tiny, Path(tmp))}
+        for name, section in sections.items():
+            print(f"\n== {name}", flush=True)
+            t0 = time.perf_counter()
+            try:
+                out[name] = section()
+            except Exception as e:  # pylint: disable=broad-except; recorded, others still run
+                traceback.print_exc()
+                out[name] = {"error": f"{type(e).__name__}: {e}"}
+                failed.append(name)
+            out.setdefault("seconds", {})[name] = round(time.perf_counter() - t0, 1)
+            Path(args.json).write_text(json.dumps(out, indent=1, default=str) + "\n")
+    print(f"\nWrote {args.json}; seconds per section: {out['seconds']}"
+          + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    if failed:
+        sys.exit(1)
+    return out
+
+
+if __name__ == "__main__":
+    main()
