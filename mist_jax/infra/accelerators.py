@@ -50,3 +50,16 @@ def get(name: str) -> Accelerator:
     if name not in ACCELERATORS:
         raise ValueError(f"plan.accelerator={name!r} is not one of {', '.join(ACCELERATORS)}.")
     return ACCELERATORS[name]
+
+
+#: ``jax.Device.device_kind`` substrings -> ``ACCELERATORS`` key (first match wins).
+DEVICE_KINDS = (("TPU v2", "tpu_v2"), ("TPU v3", "tpu_v3"), ("TPU v5 lite", "tpu_v5e"),
+                ("TPU v5e", "tpu_v5e"), ("TPU v6", "tpu_v6e"), ("A100-SXM4-40GB", "a100_40"),
+                ("A100-PCIE-40GB", "a100_40"), ("A100", "a100_80"), ("H100", "h100"),
+                ("H200", "h200"))
+
+
+def from_device_kind(kind: str) -> str | None:
+    """The ``ACCELERATORS`` key of a device (``jax.devices()[0].device_kind``), or None for a
+    device not in the table (a CPU, another GPU)."""
+    return next((name for sub, name in DEVICE_KINDS if sub.lower() in kind.lower()), None)

@@ -86,3 +86,12 @@ def test_cli_dry_run_exports_mist_steps_for_tpu_and_cuda(tmp_path):
                                   "mist_tuning_step.tpu.jax_exported",
                                   "mist_tuning_step.cuda.jax_exported")]
     assert not (tmp_path / "config.json").exists()  # a dry run is not a run
+
+
+@pytest.mark.parametrize("kind, name", [("TPU v5 lite", "tpu_v5e"), ("TPU v6 lite", "tpu_v6e"),
+                                        ("TPU v3", "tpu_v3"), ("NVIDIA A100-SXM4-40GB", "a100_40"),
+                                        ("NVIDIA A100-SXM4-80GB", "a100_80"),
+                                        ("NVIDIA H100 80GB HBM3", "h100"), ("NVIDIA H200", "h200"),
+                                        ("cpu", None), ("Tesla T4", None)])
+def test_device_kinds_name_their_accelerator(kind, name):
+    assert accelerators.from_device_kind(kind) == name
