@@ -6,6 +6,7 @@ same batches from where it stopped."""
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections.abc import Callable, Iterator
 
@@ -38,13 +39,17 @@ class Inputs:
                         "test": pipeline.device_finish(self.test_transform.lut())}
         self.bar = None
         self._prefetchers, self._streams = weakref.WeakSet(), weakref.WeakSet()
+        #: Seconds spent waiting for batches (``*_wait``) and between them (``*_busy``: the
+        #: steps, for loops that block on each one) of train epochs and test passes.
+        self.seconds = dict.fromkeys(("train_wait", "train_busy", "test_wait", "test_busy"), 0.0)
 
     def batches(self, images: ImageSet, idx: np.ndarray, labels: np.ndarray, batch: int):
         """One pass in order through the test transform: global batches on the mesh
         (float32[B, S, S, 3] images, int32[B] labels) (``data.batches.BatchMaker``)."""
         maker = batches.batch_maker(images, idx, labels, batch, self.test_transform,
                                     local_rows=self.mesh.local_rows)
-        return self._on_mesh(pipeline.pixel_batches(maker, 0, self.workers), self._finish["test"])
+        return self._on_mesh(pipeline.pixel_batches(maker, 0, self.workers), self._finish["test"],
+                             "test")
 
     def epochs(self, images: ImageSet, idx: np.ndarray, labels: np.ndarray, batch: int,
                prefix: str, t: int, epochs: int, keys: Callable[[int], jax.Array] | None = None,
@@ -70,11 +75,11 @@ class Inputs:
                 host = batches.with_keys(host, keys(e), start)
             host = self.bar = tqdm.tqdm(host, desc=desc(e), leave=False, initial=start,
                                         disable=not self.progress, total=len(maker(e)))
-            return self._on_mesh(host, self._finish["train"])
+            return self._on_mesh(host, self._finish["train"], "train")
 
         return epoch_batches
 
-    def _on_mesh(self, host: Iterator, finish: Callable) -> Iterator:
+    def _on_mesh(self, host: Iterator, finish: Callable, kind: str) -> Iterator:
         """Host batches (n, (uint8 images, labels, ...)) laid out on the mesh and finished
         there, prepared two ahead in a thread."""
         def put(b):  # uint8 to the devices, then / 255 (and Normalize) there
@@ -83,7 +88,27 @@ class Inputs:
 
         gen = prefetch.prefetch(host, put, size=2)
         self._prefetchers.add(gen)
-        return gen
+        return self._clocked(gen, kind)
+
+    def _clocked(self, gen: Iterator, kind: str) -> Iterator:
+        """``gen``, adding to ``seconds[kind + "_wait"]`` the time spent waiting for each batch
+        and to ``seconds[kind + "_busy"]`` the time between batches (the consumer's step)."""
+        last = None
+        try:
+            while True:
+                t0 = time.perf_counter()
+                if last is not None:
+                    self.seconds[kind + "_busy"] += t0 - last
+                try:
+                    item = next(gen)
+                except StopIteration:
+                    return
+                finally:
+                    last = time.perf_counter()
+                    self.seconds[kind + "_wait"] += last - t0
+                yield item
+        finally:
+            gen.close()
 
     def close(self) -> None:
         """Stop every prefetcher, then every stream's workers."""

@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from mist_jax.runner import metrics  # noqa: E402
+from mist_jax.runner.timing import line as timing_line  # noqa: E402
 from mist_jax.infra.atomic import atomic_path, write_text  # noqa: E402
 
 
@@ -160,16 +161,19 @@ class NoLog:
         pass
 
 
-def finish(workdir: str | Path, config, record: dict) -> dict:
+def finish(workdir: str | Path, config, record: dict, timing: dict | None = None) -> dict:
     """Write results.json, acc_matrix.png, mask_coverage.png and accuracy_curve.png.
 
     Returns the results dict: the metrics of docs/benchmarks.md (percent) under their exact
-    names, the per-task log, the class order, the config and the versions.
+    names, the per-task log, the class order, the config, the versions and ``timing``
+    (``runner.timing.summary``) when given.
     """
     workdir = Path(workdir)
     results = metrics.summarize(record["acc_matrix"], record["top1_curve"], record["top5_curve"])
     results.update(tasks=record["tasks"], class_order=record["class_order"],
                    config=config.to_dict(), versions=versions())
+    if timing is not None:
+        results["timing"] = timing
     write_json(workdir / "results.json", results)
     plot_acc_matrix(record["acc_matrix"], workdir / "acc_matrix.png")
     plot_mask_coverage(record["tasks"], workdir / "mask_coverage.png")
@@ -192,6 +196,9 @@ def summary_table(results: dict[str, dict], seed: int | None = None,
         lines.append(f"{'top-1 after task ' + str(i):<22}{cells}")
     for key in ("average_accuracy", "last_accuracy", "forgetting", "new_task_accuracy"):
         lines.append(f"{key:<22}" + "".join(f"{r[key]:>{width + 2}.2f}" for r in results.values()))
+    for name, r in results.items():
+        if "timing" in r:
+            lines.append(f"time of {name}: {timing_line(r['timing'])}")
     which = "" if seed is None else f" (seed {seed}, class order seed {order})"
     lines.append(f"Each column is one run{which}: one seed, no error bars. Mean ± std and paired "
                  "tests over seeds and class orders: python -m mist_jax.study (docs/usage.md, Studies).")

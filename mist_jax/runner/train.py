@@ -16,7 +16,6 @@ takes part in the (collective) orbax checkpoints.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from mist_jax.data import tasks
 from mist_jax.infra import checkpoint, interrupt, seeds, sharding
 from mist_jax.infra.lock import WorkdirLock
 from mist_jax.mist import ablations, masks
-from mist_jax.runner import metrics, outputs, validate
+from mist_jax.runner import metrics, outputs, timing, validate
 from mist_jax.runner.build import build_backbone, build_learner, build_tuner
 from mist_jax.runner.evaluate import Evaluator
 from mist_jax.runner.inputs import Inputs
@@ -68,6 +67,7 @@ class Run:
         self._lock = WorkdirLock(self.workdir) if self.writer else None
         self.mesh = sharding.from_config(cfg)
         self.inputs = Inputs(cfg, self.mesh, progress and self.writer)
+        self.clock = timing.Clock(self.inputs)
         self.model, backbone, self.preprocess = build_backbone(cfg)
         self.data = tasks.load_data(cfg)
         self.learner = build_learner(cfg, num_classes=self.data.num_classes,
@@ -134,7 +134,8 @@ class Run:
             if self._lock is not None:
                 self._lock.release()
         if self.writer:
-            return outputs.finish(self.workdir, self.cfg, self.record)
+            return outputs.finish(self.workdir, self.cfg, self.record, timing=timing.summary(
+                self.record["tasks"], self.clock.end_checkpoints))
         rec = self.record
         return dict(metrics.summarize(rec["acc_matrix"], rec["top1_curve"], rec["top5_curve"]),
                     tasks=rec["tasks"], class_order=rec["class_order"])
@@ -149,8 +150,8 @@ class Run:
         if part is not None:
             log, elapsed = part.record["task_log"], part.record["task_log"]["elapsed"]
             task.before = part.arrays.get("before")
-        t0, phases = time.perf_counter() - elapsed, {}
-        with _timed(phases, "tune_seconds"):
+        t0, phases, mark = time.perf_counter() - elapsed, {}, self.clock.mark()
+        with timing.timed(phases, "tune_seconds"):
             if part is not None and part.phase == "learner":  # MIST had finished: its result
                 self.state.load(part.arrays, self.mesh)
             elif self.tuning is not None and (self.tuning.tasks == "all" or t == 0):
@@ -163,13 +164,14 @@ class Run:
         task.at_boundary = self._hook(t, t0, log, lambda: self._tuned_arrays(task.before),
                                       mist_steps=lambda: log.get("steps", 0))
         task.resume = part.loop if part is not None and part.phase == "learner" else None
-        with _timed(phases, "learner_seconds"):
+        with timing.timed(phases, "learner_seconds"):
             self.state.learner, learned = self.learner.learn_task(self.state.learner, task)
             log.update(learned)
-        with _timed(phases, "eval_seconds"):
+        with timing.timed(phases, "eval_seconds"):
             row, top1, top5 = self.evaluator.evaluate(self.learner, self.state, task.range[1])
         log.pop("elapsed", None)
-        log.update(seconds=time.perf_counter() - t0, **phases, top1=top1, acc_row=row)
+        log.update(seconds=time.perf_counter() - t0, **phases, **self.clock.since(mark),
+                   top1=top1, acc_row=row)
         self._end_task(t, log, row, top1, top5)
 
     def _end_task(self, t: int, log: dict, row: list[float], top1: float, top5: float) -> None:
@@ -186,7 +188,8 @@ class Run:
         logging.info("task %d classes [%d, %d): top1 %.2f  row %s", t, lo, hi, top1,
                      " ".join(f"{a:.1f}" for a in row))
         rec["event_lines"] = self.events.lines
-        self.ckpt.save(t, self.state.arrays(), rec)
+        with self.clock.checkpointing(end_of_task=True):
+            self.ckpt.save(t, self.state.arrays(), rec)
         self.ckpt.clear_in_task()
         self._boundaries = 0
 
@@ -250,10 +253,11 @@ class Run:
             n, every = self._boundaries, self.cfg.checkpoint_every_steps
             stop = self._stop_requested() or self.ckpt.reached_preemption(t, n)
             if stop or (every and n % every == 0):
-                self.ckpt.save_in_task(t, n, {"loop": snapshot(), "run": arrays()}, {
-                    "position": position, "mist_steps": mist_steps(),
-                    "task_log": dict(log, elapsed=time.perf_counter() - t0),
-                    "event_lines": self.events.lines})
+                with self.clock.checkpointing():
+                    self.ckpt.save_in_task(t, n, {"loop": snapshot(), "run": arrays()}, {
+                        "position": position, "mist_steps": mist_steps(),
+                        "task_log": dict(log, elapsed=time.perf_counter() - t0),
+                        "event_lines": self.events.lines})
             if stop:
                 where = (f"{position['phase']} phase, epoch {position['epoch']}, batch "
                          f"{position['batch']}")
@@ -285,12 +289,3 @@ class Run:
             logging.info("Resumed task %d inside its %s phase (epoch %d, batch %d).",
                          self.record["next_task"], pos["phase"], pos["epoch"], pos["batch"])
 
-
-@contextlib.contextmanager
-def _timed(phases: dict, name: str):
-    """``phases[name]``: this process's seconds in the block (not a resumed part's)."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        phases[name] = time.perf_counter() - start

@@ -11,7 +11,8 @@ from mist_jax.infra.checkpoint import RunCheckpointer
 
 #: Entries that differ between identical runs: wall times.
 TIMING = frozenset({"seconds", "tune_seconds", "learner_seconds", "eval_seconds",
-                    "images_per_second"})
+                    "images_per_second", "step_seconds", "input_wait_seconds",
+                    "checkpoint_seconds", "timing"})
 
 
 def strip(x, ignore=TIMING):
