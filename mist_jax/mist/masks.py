@@ -18,16 +18,14 @@ Paths are those of mist_jax/infra/trees.py; reports on masks are in mist_jax/mis
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from mist_jax.mist import sensitivity
+from mist_jax.mist import quantiles, sensitivity
 from mist_jax.infra.trees import HEAD, exempt_tree, path_str
 
 PyTree = Any
@@ -59,33 +57,11 @@ class MistState(NamedTuple):
     frozen: PyTree
 
 
-def quantile_threshold(x: jax.Array, q: float) -> jax.Array:
-    """Linear-interpolation quantile of all elements of `x`, exactly as numpy/torch define it.
-
-    The index arithmetic is done in float64 on the host (q and the size are static) with numpy's
-    formula (n - 1) * q; the interpolation uses numpy's two-sided lerp in float32, so ties give
-    exactly the tied value (jnp.quantile's `a*(1-g) + b*g` can round above it and drop tied
-    elements).
-
-    Args:
-      x: array of any shape (float); reduced over all elements in float32.
-      q: static Python float in [0, 1].
-
-    Returns:
-      float32 scalar t with `x >= t` selecting the top (1 - q) fraction.
-    """
-    n = int(np.prod(jnp.shape(x)))
-    if n == 0:
-        raise ValueError("quantile of an empty tensor is undefined; drop the empty parameter.")
-    virtual = (n - 1) * q  # numpy's 'linear' virtual index (Hyndman & Fan method 7)
-    lo = min(max(int(math.floor(virtual)), 0), n - 1)
-    hi = min(lo + 1, n - 1)
-    g = virtual - math.floor(virtual) if 0 <= virtual < n - 1 else 0.0
-    s = jnp.sort(jnp.ravel(x).astype(jnp.float32))
-    a, b = s[lo], s[hi]
-    if g >= 0.5:
-        return b - (b - a) * np.float32(1.0 - g)
-    return a + (b - a) * np.float32(g)
+@jax.jit
+def _count_and_freeze(counts, masks, frozen, scores, thresholds):
+    """``count + mask`` and ``frozen | (score >= threshold)`` per leaf (exact)."""
+    return ([c + m.astype(jnp.int32) for c, m in zip(counts, masks)],
+            [f | (s.astype(jnp.float32) >= t) for f, s, t in zip(frozen, scores, thresholds)])
 
 
 def check_rate(name: str, rate: float, low_inclusive: bool = False, usual: str = "0.1") -> None:
@@ -134,9 +110,7 @@ def _unit_thresholds(scores: PyTree, q: float, exempt, units: str) -> list:
     leaves = jax.tree.leaves(scores)
     out: list = [None] * len(leaves)
     for _, idx in unit_groups(scores, exempt, units):
-        joined = jnp.concatenate([jnp.ravel(leaves[i]) for i in idx]) if len(idx) > 1 \
-            else leaves[idx[0]]
-        t = quantile_threshold(joined, q)
+        t = quantiles.threshold(tuple(leaves[i] for i in idx), q)
         for i in idx:
             out[i] = t
     return out
@@ -167,7 +141,9 @@ def select_top(
     check_rate("select_rate", select_rate)
     leaves, treedef = jax.tree.flatten(scores)
     thresholds = _unit_thresholds(scores, 1.0 - float(select_rate), exempt, units)
-    out = [jnp.ones(jnp.shape(s), bool) if t is None else s.astype(jnp.float32) >= t
+    scored = [i for i, t in enumerate(thresholds) if t is not None]
+    above = iter(quantiles.at_least([leaves[i] for i in scored], [thresholds[i] for i in scored]))
+    out = [jnp.ones(jnp.shape(s), bool) if t is None else next(above)
            for s, t in zip(leaves, thresholds)]
     return jax.tree.unflatten(treedef, out)
 
@@ -281,9 +257,12 @@ def update_after_task(
     counts, treedef = jax.tree.flatten(state.count)
     frozen = treedef.flatten_up_to(state.frozen)
     mask_l, score_l = treedef.flatten_up_to(mask), treedef.flatten_up_to(scores)
-    new_count = [c if t is None else c + m.astype(jnp.int32)
-                 for c, m, t in zip(counts, mask_l, thresholds)]
-    new_frozen = [f if t is None else f | (s.astype(jnp.float32) >= t)
-                  for f, s, t in zip(frozen, score_l, thresholds)]
+    scored = [i for i, t in enumerate(thresholds) if t is not None]
+    added, froze = _count_and_freeze([counts[i] for i in scored], [mask_l[i] for i in scored],
+                                     [frozen[i] for i in scored], [score_l[i] for i in scored],
+                                     [thresholds[i] for i in scored])
+    new_count, new_frozen = list(counts), list(frozen)
+    for i, c, f in zip(scored, added, froze):
+        new_count[i], new_frozen[i] = c, f
     return MistState(count=jax.tree.unflatten(treedef, new_count),
                      frozen=jax.tree.unflatten(treedef, new_frozen))
