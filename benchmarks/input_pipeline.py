@@ -141,7 +141,7 @@ def demand(args) -> dict:
 
     cfg = paper.get_config("dataset=imagenet_r,learner=simplecil")
     mesh = sharding.MeshContext(sharding.make_mesh(1, 1))
-    progs, _ = plan.run_programs(cfg, mesh)
+    progs, _ = plan.run_programs(cfg, mesh, plan.dataset_size(cfg)[0])
     flops = {p.name: programs.analyse(p)["flops_per_image"] for p in progs
              if p.name in ("mist tuning step", "features")}
     return {name: {prog: acc.peak(cfg.model.dtype) * args.mfu / f for prog, f in flops.items()}

@@ -49,17 +49,14 @@ def abstract(tree: Any) -> Any:
                         tree)
 
 
-def nbytes(tree: Any) -> int:
-    """Bytes of every leaf of ``tree`` (arrays or ``ShapeDtypeStruct``s), as stored whole."""
-    return sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(tree)
-               if hasattr(x, "dtype") and not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key))
-
-
 def device_bytes(tree: Any) -> int:
     """Bytes of ``tree`` on one device: each leaf's shard (``sharding.shard_shape``) when it
-    has a sharding, else the whole leaf."""
+    has a sharding, else the whole leaf (arrays or ``ShapeDtypeStruct``s; PRNG keys and other
+    non-array leaves count 0)."""
     total = 0
     for x in jax.tree.leaves(tree):
+        if not hasattr(x, "dtype") or jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            continue
         sh = getattr(x, "sharding", None)
         shape = sh.shard_shape(x.shape) if sh is not None else x.shape
         total += math.prod(shape) * x.dtype.itemsize

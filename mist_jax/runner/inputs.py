@@ -74,7 +74,8 @@ class Inputs:
             if keys is not None:
                 host = batches.with_keys(host, keys(e), start)
             host = self.bar = tqdm.tqdm(host, desc=desc(e), leave=False, initial=start,
-                                        disable=not self.progress, total=len(maker(e)))
+                                        disable=not self.progress,
+                                        total=len(stream.maker_of(e)))
             return self._on_mesh(host, self._finish["train"], "train")
 
         return epoch_batches

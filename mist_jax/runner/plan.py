@@ -89,12 +89,12 @@ def _placed(tree: Any, shardings: Any) -> Any:
                         tree, shardings)
 
 
-def run_programs(cfg: ml_collections.ConfigDict, mesh: sharding.MeshContext
+def run_programs(cfg: ml_collections.ConfigDict, mesh: sharding.MeshContext, classes: int
                  ) -> tuple[list[programs.Program], dict]:
-    """The run's programs at its shapes, and what the run holds on each device beside them
-    (``{"params", "mist_state", "scores_and_mask", "learner_state"}`` in bytes)."""
+    """The run's programs at its shapes (``classes``: the data set's, ``dataset_size``), and
+    what the run holds on each device beside them (``{"params", "mist_state",
+    "scores_and_mask", "learner_state"}`` in bytes)."""
     model, backbone, preprocess = abstract_backbone(cfg)
-    classes, _, _ = dataset_size(cfg)
     ranges = splits.task_ranges(classes, cfg.data.init_cls, cfg.data.increment)
     learner = build_learner(cfg, num_classes=classes, num_tasks=len(ranges), model=model,
                             preprocess=preprocess)
@@ -131,17 +131,18 @@ def run_programs(cfg: ml_collections.ConfigDict, mesh: sharding.MeshContext
             "mist_state": programs.device_bytes(tuple(state)),
             "scores_and_mask": programs.device_bytes(params) + programs.device_bytes(
                 state.frozen) if tuning is not None else 0,
-            "learner_state": programs.nbytes([x for x in jax.tree.leaves(lstate)
-                                              if isinstance(x, jax.Array)])}
+            "learner_state": programs.device_bytes([x for x in jax.tree.leaves(lstate)
+                                                    if isinstance(x, jax.Array)])}
     return out, held
 
 
 def estimate_seconds(cfg: ml_collections.ConfigDict, rows: list[dict], devices: int,
-                     peak: float, mfu: float) -> dict:
+                     peak: float, mfu: float, size: tuple[int, int, int]) -> dict:
     """``{"per_task", "run"}`` seconds of device compute: sum over programs of FLOPs per image
     x images in the run / (devices x peak x mfu). Images: ``train_passes`` x every training
-    image + ``test_passes`` x the seen classes' test images at each task's evaluation."""
-    classes, train, test = dataset_size(cfg)
+    image + ``test_passes`` x the seen classes' test images at each task's evaluation;
+    ``size``: (classes, training images, test images), ``dataset_size``."""
+    classes, train, test = size
     ranges = splits.task_ranges(classes, cfg.data.init_cls, cfg.data.increment)
     test_seen = sum(test * end / classes for _, end in ranges)
     flops = sum(r["flops_per_image"] * (r["train_passes"] * train + r["test_passes"] * test_seen)
@@ -152,17 +153,19 @@ def estimate_seconds(cfg: ml_collections.ConfigDict, rows: list[dict], devices: 
 
 def assess(cfg: ml_collections.ConfigDict, plan: dict, accelerator: str) -> dict:
     """What a dry run's ``plan`` (its ``programs`` rows, ``held_bytes_per_device``,
-    ``devices``, ``mfu``) means on ``accelerator``: ``{"fits", "need", "usable", "worst",
-    "worst_peak", "estimated_seconds"}``. ``need``: the largest program peak plus what the run holds on each
-    device (bytes); fits when it is at most the accelerator's usable memory."""
+    ``devices``, ``mfu``, ``dataset``) means on ``accelerator``: ``{"fits", "need", "usable",
+    "worst", "worst_peak", "estimated_seconds"}``. ``need``: the largest program peak plus
+    what the run holds on each device (bytes); fits when it is at most the accelerator's
+    usable memory."""
     acc = accelerators.get(accelerator)
     worst = max(plan["programs"], key=lambda r: r["peak_bytes_per_device"])
     need = worst["peak_bytes_per_device"] + sum(plan["held_bytes_per_device"].values())
     usable = acc.memory * acc.usable
     return {"fits": need <= usable, "need": need, "usable": usable, "worst": worst["name"],
             "worst_peak": worst["peak_bytes_per_device"],
-            "estimated_seconds": estimate_seconds(cfg, plan["programs"], plan["devices"],
-                                                  acc.peak(cfg.model.dtype), plan["mfu"])}
+            "estimated_seconds": estimate_seconds(
+                cfg, plan["programs"], plan["devices"], acc.peak(cfg.model.dtype), plan["mfu"],
+                tuple(plan["dataset"]))}
 
 
 def _gib(n: float) -> str:
@@ -187,7 +190,8 @@ def dry_run(cfg: ml_collections.ConfigDict, workdir: str | Path,
     """Compile every program of the run, print the table, write ``workdir/plan.json`` (and,
     with ``plan.export``, ``workdir/export/*.jax_exported`` for tpu and cuda); return the plan.
 
-    ``plan.json``: {"accelerator", "fits", "devices", "backend", "dtype", "mfu", "programs":
+    ``plan.json``: {"accelerator", "fits", "devices", "backend", "dtype", "mfu", "dataset"
+    ([classes, training images, test images]), "programs":
     [{"name", "batch", "flops_per_step", "flops_per_image", "peak_bytes_per_device", ...}],
     "held_bytes_per_device", "estimated_seconds": {"per_task", "run"} (None without
     ``plan.accelerator``)}.
@@ -201,7 +205,8 @@ def dry_run(cfg: ml_collections.ConfigDict, workdir: str | Path,
     cfg = validate.run_config(cfg)
     mesh = sharding.from_config(cfg)
     devices = mesh.mesh.size
-    progs, held = run_programs(cfg, mesh)
+    size = dataset_size(cfg)  # read once (from the data itself for a data set not in SIZES)
+    progs, held = run_programs(cfg, mesh, size[0])
     rows = [programs.analyse(p, devices) for p in progs]
     echo(f"Dry run: {cfg.model.source} at {cfg.data.image_size} px, {cfg.model.dtype}, "
          f"remat={cfg.model.remat}, {devices} {jax.default_backend()} device(s), mesh "
@@ -210,7 +215,8 @@ def dry_run(cfg: ml_collections.ConfigDict, workdir: str | Path,
     plan = {"accelerator": plan_cfg.accelerator or None, "fits": None, "devices": devices,
             "backend": jax.default_backend(), "dtype": cfg.model.dtype,
             "remat": cfg.model.remat, "mesh": dict(mesh.mesh.shape), "mfu": plan_cfg.mfu,
-            "programs": rows, "held_bytes_per_device": held, "estimated_seconds": None}
+            "dataset": list(size), "programs": rows, "held_bytes_per_device": held,
+            "estimated_seconds": None}
     problem = None
     if plan_cfg.accelerator:
         verdict = assess(cfg, plan, plan_cfg.accelerator)
