@@ -81,3 +81,52 @@ def from_timm(flat: dict, num_heads: int | None = None) -> dict:
             block["ls2"] = {"scale": g(b + "ls2.gamma")}
         tree[f"encoderblock_{i}"] = block
     return tree
+
+
+def to_timm(tree: dict) -> dict[str, np.ndarray]:
+    """mist-jax ViT tree -> timm ViT state dict: the inverse of ``from_timm``.
+
+    For handing a (tuned) backbone to PyTorch: ``timm.create_model(name, img_size=S,
+    num_classes=0).load_state_dict({k: torch.from_numpy(v) ...})`` (e.g. DINOv2-S/14 is
+    ``vit_small_patch14_dinov2`` with ``img_size`` the tree's pos_embed grid times 14).
+
+    Args:
+      tree: ``patch_embed``, ``cls_token``, ``pos_embed``, ``encoder_norm`` and
+        ``encoderblock_{i}`` as ``from_timm`` returns them (numpy or jax arrays); prompts,
+        adapters and other extension leaves are not part of a timm ViT and are refused.
+    Returns: ``{timm name: numpy array}`` in PyTorch layouts (Conv OIHW, Linear [out, in],
+      fused ``attn.qkv`` [3 D, D]).
+    Raises:
+      ValueError: a key that is neither a backbone leaf nor a block, named.
+    """
+    t = {k: np.asarray(v) if not isinstance(v, dict) else v for k, v in tree.items()}
+    known = {"patch_embed", "cls_token", "pos_embed", "encoder_norm"}
+    extra = [k for k in t if k not in known and not k.startswith("encoderblock_")]
+    if extra:
+        raise ValueError(f"to_timm: {extra} are not part of a timm ViT (convert the plain "
+                         "backbone tree, without prompts or adapters).")
+    a = lambda x: np.asarray(x)
+    flat = {"patch_embed.proj.weight": a(t["patch_embed"]["kernel"]).transpose(3, 2, 0, 1),
+            "patch_embed.proj.bias": a(t["patch_embed"]["bias"]),
+            "cls_token": a(t["cls_token"]), "pos_embed": a(t["pos_embed"]),
+            "norm.weight": a(t["encoder_norm"]["scale"]), "norm.bias": a(t["encoder_norm"]["bias"])}
+    depth = sum(k.startswith("encoderblock_") for k in t)
+    for i in range(depth):
+        blk, b = t[f"encoderblock_{i}"], f"blocks.{i}."
+        attn = blk["attn"]
+        width = a(attn["query"]["kernel"]).shape[0]
+        flat[b + "attn.qkv.weight"] = np.concatenate(
+            [a(attn[n]["kernel"]).reshape(width, width).T for n in ("query", "key", "value")])
+        flat[b + "attn.qkv.bias"] = np.concatenate(
+            [a(attn[n]["bias"]).reshape(width) for n in ("query", "key", "value")])
+        flat[b + "attn.proj.weight"] = a(attn["out"]["kernel"]).reshape(width, width).T
+        flat[b + "attn.proj.bias"] = a(attn["out"]["bias"])
+        for n in ("norm1", "norm2"):
+            flat[b + n + ".weight"], flat[b + n + ".bias"] = a(blk[n]["scale"]), a(blk[n]["bias"])
+        for j in (1, 2):
+            flat[b + f"mlp.fc{j}.weight"] = a(blk["mlp"][f"fc{j}"]["kernel"]).T
+            flat[b + f"mlp.fc{j}.bias"] = a(blk["mlp"][f"fc{j}"]["bias"])
+        for n in ("ls1", "ls2"):
+            if n in blk:
+                flat[b + n + ".gamma"] = a(blk[n]["scale"])
+    return flat
