@@ -123,3 +123,21 @@ def from_leaf_dict(template: PyTree, leaves: dict[str, Any]) -> PyTree:
         raise ValueError(f"{len(leaves)} saved leaves do not fit a tree of {treedef.num_leaves} "
                          "(the checkpoint was written by another optimizer or model).")
     return jax.tree.unflatten(treedef, [leaves[k] for k in sorted(leaves)])
+
+
+def sha256(tree: PyTree) -> str:
+    """SHA-256 (hex) of a pytree's arrays: for each leaf in the order of its "/"-joined path
+    (``path_str``), the bytes of ``f"{path}|{dtype.str}|{shape}|"`` then its C-order bytes.
+    Equal for equal values whatever file format they were read from; any change of a value,
+    dtype, shape or name changes it."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    leaves = sorted((path_str(p), v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0])
+    for path, leaf in leaves:
+        x = np.ascontiguousarray(jax.device_get(leaf))
+        h.update(f"{path}|{x.dtype.str}|{x.shape}|".encode())
+        h.update(x.tobytes())
+    return h.hexdigest()

@@ -144,18 +144,27 @@ def resolve_named(name: str) -> Path:
         "(or pass the file path as model.source)."
     )
 
+def source_file(source: str) -> Path:
+    """The file ``load_pretrained(source)`` reads: the embedded backbone's converted npz, a
+    named checkpoint's file in the cache dir, or ``source`` itself.
+
+    Raises: FileNotFoundError naming the source and what to give instead.
+    """
+    if source == EMBEDDED:
+        return embedded_npz()
+    path = resolve_named(source) if source in NAMED else Path(source).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"Pre-trained source {source!r} is neither {EMBEDDED!r} nor an existing file. "
+            f"Give a big_vision .npz (e.g. {AUGREG_B16_IN21K} from gs://vit_models/augreg) "
+            "or a timm model.safetensors downloaded on a connected machine."
+        )
+    return path
+
+
 def _read(source: str) -> tuple[dict, str, str]:
     """-> (flat arrays, format name: a key of ``convert.FORMATS``, file base name)."""
-    if source == EMBEDDED:
-        path = embedded_npz()
-    else:
-        path = resolve_named(source) if source in NAMED else Path(source).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"Pre-trained source {source!r} is neither {EMBEDDED!r} nor an existing file. "
-                f"Give a big_vision .npz (e.g. {AUGREG_B16_IN21K} from gs://vit_models/augreg) "
-                "or a timm model.safetensors downloaded on a connected machine."
-            )
+    path = source_file(source)
     flat, fmt = read_checkpoint(path)
     return flat, fmt, path.name
 

@@ -10,9 +10,9 @@ import ml_collections
 
 from mist_jax import learners, mist
 from mist_jax.data import get_preprocess
-from mist_jax.infra import seeds, sharding
+from mist_jax.infra import seeds, sharding, trees
 from mist_jax.mist import ablations, fish
-from mist_jax.models import load_pretrained, tiny_vit
+from mist_jax.models import load_pretrained, pretrained, tiny_vit
 from mist_jax.models.pretrained import abstract_pretrained
 
 
@@ -49,6 +49,17 @@ def _backbone(cfg: ml_collections.ConfigDict, abstract: bool):
                          f"{patch} (the last {size % patch} px would be dropped); use e.g. "
                          f"{max(patch, size - size % patch)} or {size - size % patch + patch}.")
     return model, params, get_preprocess(m.preprocess)
+
+
+def backbone_provenance(cfg: ml_collections.ConfigDict, params: Any) -> dict:
+    """``{"name", "source", "sha256"}`` of a run's backbone for results.json: the checkpoint's
+    name (``model.source``), the file its weights were read from (None for ``tiny``, built from
+    the seed) and ``trees.sha256`` of the initial params (as resampled to the run's size), so
+    two runs can tell they started from the same weights whatever format those came in.
+    Raises: FileNotFoundError as ``pretrained.source_file``."""
+    source = cfg.model.source
+    path = None if source == "tiny" else str(pretrained.source_file(source).resolve())
+    return {"name": source, "source": path, "sha256": trees.sha256(params)}
 
 
 def build_learner(cfg: ml_collections.ConfigDict, **run: Any) -> learners.Learner:

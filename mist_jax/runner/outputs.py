@@ -165,13 +165,14 @@ def finish(workdir: str | Path, config, record: dict, timing: dict | None = None
     """Write results.json, acc_matrix.png, mask_coverage.png and accuracy_curve.png.
 
     Returns the results dict: the metrics of docs/benchmarks.md (percent) under their exact
-    names, the per-task log, the class order, the config, the versions and ``timing``
+    names, the per-task log, the class order, the backbone's provenance
+    (``build.backbone_provenance``), the config, the versions and ``timing``
     (``runner.timing.summary``) when given.
     """
     workdir = Path(workdir)
     results = metrics.summarize(record["acc_matrix"], record["top1_curve"], record["top5_curve"])
     results.update(tasks=record["tasks"], class_order=record["class_order"],
-                   config=config.to_dict(), versions=versions())
+                   backbone=record.get("backbone"), config=config.to_dict(), versions=versions())
     if timing is not None:
         results["timing"] = timing
     write_json(workdir / "results.json", results)

@@ -30,7 +30,8 @@ from mist_jax.infra import checkpoint, interrupt, seeds, sharding
 from mist_jax.infra.lock import WorkdirLock
 from mist_jax.mist import ablations, masks
 from mist_jax.runner import metrics, outputs, timing, validate
-from mist_jax.runner.build import build_backbone, build_learner, build_tuner
+from mist_jax.runner.build import (backbone_provenance, build_backbone, build_learner,
+                                   build_tuner)
 from mist_jax.runner.evaluate import Evaluator
 from mist_jax.runner.inputs import Inputs
 from mist_jax.runner.state import InTask, RunState
@@ -83,7 +84,8 @@ class Run:
             params, masks.MistState(*self.mesh.place(tuple(masks.init_mist_state(params)))),
             self.learner.init(seeds.key(cfg.seed, "learner"), self.model.width),
             {"next_task": 0, "acc_matrix": [], "top1_curve": [], "top5_curve": [],
-             "tasks": [], "class_order": self.data.order.tolist()})
+             "tasks": [], "class_order": self.data.order.tolist(),
+             "backbone": backbone_provenance(cfg, backbone)})
         self.tuner = (None if self.tuning is None else
                       build_tuner(mist_cfg, self.model, self.preprocess, params, self.mesh,
                                   out_dim))

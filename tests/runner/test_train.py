@@ -53,6 +53,37 @@ def test_run_writes_all_outputs_with_spec_metric_names(tmp_path):
     assert results["last_accuracy"] == on_disk["top1_curve"][-1]
     events = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
     assert [e["task"] for e in events if e["event"] == "task_end"] == [0, 1]
+    assert on_disk["backbone"]["name"] == "tiny" and on_disk["backbone"]["source"] is None
+    assert re.fullmatch(r"[0-9a-f]{64}", on_disk["backbone"]["sha256"])
+
+
+def test_backbone_sha256_names_the_weights_not_the_file_format(tmp_path):
+    """The same weights from the seed and from a saved npz hash alike; one changed value does
+    not. Expected digests are computed here with hashlib over (path, dtype, shape, bytes)."""
+    import hashlib
+
+    from mist_jax.models import pretrained
+    from mist_jax.runner import build
+
+    cfg = smoke()
+    _, params, _ = build.build_backbone(cfg)
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    h = hashlib.sha256()
+    for path, leaf in sorted(((jax.tree_util.keystr(p, simple=True, separator="/"), v)
+                              for p, v in flat)):
+        x = np.ascontiguousarray(leaf)
+        h.update(f"{path}|{x.dtype.str}|{x.shape}|".encode() + x.tobytes())
+    seeded = build.backbone_provenance(cfg, params)
+    assert seeded == {"name": "tiny", "source": None, "sha256": h.hexdigest()}
+    pretrained.save_npz(params, tmp_path / "tiny.npz")
+    cfg_file = smoke(**{"model.source": str(tmp_path / "tiny.npz")})
+    _, loaded, _ = build.build_backbone(cfg_file)
+    from_file = build.backbone_provenance(cfg_file, loaded)
+    assert from_file["sha256"] == seeded["sha256"]
+    assert from_file["source"] == str((tmp_path / "tiny.npz").resolve())
+    changed = jax.tree.map(np.array, loaded)
+    changed["cls_token"].flat[0] += 1.0
+    assert build.backbone_provenance(cfg_file, changed)["sha256"] != seeded["sha256"]
 
 
 def test_resume_after_crash_is_bitwise_equal(tmp_path):
