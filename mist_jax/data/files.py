@@ -81,8 +81,9 @@ def load_folder(name: str, split: str) -> ImageSet:
         raise FileNotFoundError(
             f"No images ({', '.join(IMAGE_EXTENSIONS)}) under {found[split]}/<class>/.")
     _check_images(paths)
+    ids = tuple(Path(p).relative_to(root).as_posix() for p in paths)
     return ImageSet(_FileImages(paths), np.asarray(labels, np.int64), len(classes),
-                    tuple(classes), name)
+                    tuple(classes), name, ids)
 
 
 def load_cars196_manual(root: Path, split: str) -> ImageSet:
@@ -104,4 +105,5 @@ def load_cars196_manual(root: Path, split: str) -> ImageSet:
     records = np.atleast_1d(loadmat(anno, squeeze_me=True)["annotations"])
     paths = [os.fspath(image_dir / str(r["fname"])) for r in records]
     labels = np.asarray([int(r["class"]) - 1 for r in records], np.int64)  # 1-based in the files
-    return ImageSet(_FileImages(paths), labels, len(class_names), class_names, "cars196")
+    ids = tuple(f"{image_dir.name}/{r['fname']}" for r in records)
+    return ImageSet(_FileImages(paths), labels, len(class_names), class_names, "cars196", ids)

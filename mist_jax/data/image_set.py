@@ -42,6 +42,8 @@ class ImageSet:
       num_classes: number of classes of the dataset (both splits share it).
       class_names: num_classes names, indexed by class id.
       name: dataset name as given to ``load_dataset``.
+      ids: N identifiers another copy of the data set gives the same images (a file's path
+        below the folder root, or ``"<TFDS split>/<record>"``); None: ``"<i>"`` positions.
     """
 
     images: Any
@@ -49,15 +51,24 @@ class ImageSet:
     num_classes: int
     class_names: tuple[str, ...]
     name: str = ""
+    ids: tuple[str, ...] | None = None
 
     def __post_init__(self):
         if len(self.images) != len(self.labels):
             raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels.")
+        if self.ids is not None and len(self.ids) != len(self.labels):
+            raise ValueError(f"{len(self.ids)} ids for {len(self.labels)} images.")
         if len(self.class_names) != self.num_classes:
             raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes.")
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def image_ids(self, indices) -> list[str]:
+        """The identifiers of the images at `indices` (``ids``, or their positions)."""
+        if self.ids is None:
+            return [str(int(i)) for i in indices]
+        return [self.ids[int(i)] for i in indices]
 
     def take(self, indices) -> np.ndarray | list[np.ndarray]:
         """uint8 images at `indices`: [n, H, W, C] array (materialised) or list of [H, W, C]."""

@@ -203,7 +203,8 @@ def _load_tfds(builder, name: str, split: str, split_seed: int,
         images = images[rows]
     else:
         images = _TfdsImages(source, rows, image_key, name, folder)
-    return ImageSet(images, labels, len(names), names, name)
+    ids = tuple(f"{source_split}/{r}" for r in rows)
+    return ImageSet(images, labels, len(names), names, name, ids)
 
 
 def _iterate(source):

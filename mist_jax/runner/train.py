@@ -25,7 +25,7 @@ import ml_collections
 from absl import logging
 
 from mist_jax import mist
-from mist_jax.data import tasks
+from mist_jax.data import manifest, tasks
 from mist_jax.infra import checkpoint, interrupt, seeds, sharding
 from mist_jax.infra.lock import WorkdirLock
 from mist_jax.mist import ablations, masks
@@ -71,6 +71,8 @@ class Run:
         self.clock = timing.Clock(self.inputs)
         self.model, backbone, self.preprocess = build_backbone(cfg)
         self.data = tasks.load_data(cfg)
+        if self.writer:  # which images, per task and split (mist_jax/data/manifest.py)
+            manifest.write(self.workdir / manifest.FILENAME, manifest.of_data(self.data))
         self.learner = build_learner(cfg, num_classes=self.data.num_classes,
                                      num_tasks=len(self.data.ranges), model=self.model,
                                      preprocess=self.preprocess)
