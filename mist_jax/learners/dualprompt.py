@@ -22,8 +22,13 @@ no gradient, so Adam (no weight decay) leaves them bitwise unchanged.
 
 Reference code followed: google-research/l2p (``dualprompt``) and LAMDA-PILOT's
 ``models/dualprompt.py`` (``use_prompt_mask``: the task's own E-prompt in training; uniform(-1,
-1) init of prompts and keys; prefix key and value each ``L`` tokens). Deviation: at test time
-only the keys of the tasks trained so far are candidates (the reference compares the whole
+1) init of prompts and keys; prefix key and value each ``L`` tokens). As both references for
+ImageNet-R (``shared_prompt_pool: true``, ``shared_prompt_key: false``), task t's E-prompt
+starts from task t-1's trained one (its matching key does not). Gradients are clipped at global
+norm ``clip_grad_norm = 1.0`` as google-research/l2p (LAMDA-PILOT: 0, off). At test time each
+image takes its own best key by default; ``test_vote=True`` gives the whole test batch the
+E-prompt chosen most often in it, as LAMDA-PILOT (``batchwise_prompt``). Deviation: at test
+time only the keys of the tasks trained so far are candidates (the reference compares the whole
 pool, whose later keys are still at their random init before their tasks). Defaults: LAMDA-
 PILOT's DualPrompt settings (G length 5 in blocks 0-1, E length 5 in blocks 2-4, pool 10,
 pull coefficient 0.1, Adam, constant learning rate, optimizer reset per task) with the L2P
@@ -41,7 +46,8 @@ import jax.numpy as jnp
 from flax import struct
 
 from mist_jax.learners.images import ImageLearner
-from mist_jax.learners.prompting import init_linear_head, pull, tf_normalize
+from mist_jax.learners.prompting import (clipped_adam, init_linear_head, pull, tf_normalize,
+                                         vote)
 from mist_jax.mist.objectives import masked_cross_entropy
 from mist_jax.models.extensions import Extensions, init_prompts
 
@@ -61,7 +67,9 @@ class DualPromptState:
 class DualPrompt(ImageLearner):
     """DualPrompt (module docstring). Config block ``learner.dualprompt``: ``g_layers``,
     ``g_length``, ``e_layers``, ``e_length``, ``pool_size`` (E-prompts; at least the number
-    of tasks), ``pull_coeff``, and the loop's ``epochs``, ``batch_size``, ``learning_rate``.
+    of tasks), ``pull_coeff``, ``shared_prompt_pool`` (task t's E-prompt starts from t-1's),
+    ``test_vote``, ``clip_grad_norm`` (0 = off), and the loop's ``epochs``, ``batch_size``,
+    ``learning_rate``.
 
     Raises: ValueError (at construction) for a pool smaller than the run's tasks, overlapping
     or out-of-range layers.
@@ -74,6 +82,9 @@ class DualPrompt(ImageLearner):
     e_length: int = 5
     pool_size: int = 10
     pull_coeff: float = 0.1
+    shared_prompt_pool: bool = True
+    test_vote: bool = False
+    clip_grad_norm: float = 1.0
     epochs: int = 5
     batch_size: int = 16
     learning_rate: float = 0.03 * 16 / 256
@@ -83,11 +94,16 @@ class DualPrompt(ImageLearner):
         depth = getattr(self.model, "depth", None)
         if set(g) & set(e) or any(i < 0 or (depth is not None and i >= depth) for i in g + e):
             raise ValueError(f"learner.dualprompt: g_layers {g} and e_layers {e} must be "
-                             f"disjoint blocks of the ViT (0..{depth})")
+                             f"disjoint blocks of the ViT (0..{depth - 1 if depth else '?'})")
         if self.num_tasks > self.pool_size:
             raise ValueError(f"learner.dualprompt.pool_size={self.pool_size} is smaller than "
                              f"the run's {self.num_tasks} tasks (one E-prompt per task); set "
                              f"--config.learner.dualprompt.pool_size={self.num_tasks}.")
+
+    def optimizer(self, steps_per_epoch: int):
+        """Adam after global-norm clipping at ``clip_grad_norm`` (``prompting.clipped_adam``)."""
+        del steps_per_epoch
+        return clipped_adam(self.learning_rate, self.clip_grad_norm)
 
     def init(self, key, feature_dim: int) -> DualPromptState:
         """Prompts and keys uniform(-1, 1); head truncated normal (std 0.02), zero bias."""
@@ -123,11 +139,14 @@ class DualPrompt(ImageLearner):
         return cls @ params["kernel"] + params["bias"]
 
     def logits(self, state: DualPromptState, backbone, images: jax.Array) -> jax.Array:
-        """float32[B, C]: each image with the E-prompt of its best-matching trained key."""
+        """float32[B, C]: each image with the E-prompt of its best-matching trained key (with
+        ``test_vote``: the one chosen most often over the batch)."""
         keys = state.params["keys"]
         seen = jnp.arange(keys.shape[0]) < jnp.maximum(state.task, 1)
         cos = tf_normalize(self.query(backbone, images)) @ tf_normalize(keys).T  # [B, M]
         ids = jnp.argmax(jnp.where(seen, cos, -jnp.inf), axis=1).astype(jnp.int32)
+        if self.test_vote:
+            ids = vote(ids, keys.shape[0])
         return self.classify(state.params, backbone, images, ids)
 
     def loss(self, params, state, backbone, images, labels, task_range) -> jax.Array:
@@ -139,6 +158,12 @@ class DualPrompt(ImageLearner):
         return masked_cross_entropy(logits, labels, task_range) - self.pull_coeff * matched
 
     def end_task(self, state: DualPromptState, task_range) -> DualPromptState:
-        """The next task trains the next E-prompt."""
+        """The next task trains the next E-prompt; with ``shared_prompt_pool`` it starts as a
+        copy of the one just trained (prefix key and value halves; not the matching key)."""
         del task_range
-        return state.replace(task=state.task + 1)
+        t, params = state.task, dict(state.params)
+        if self.shared_prompt_pool:
+            nxt = jnp.minimum(t + 1, self.pool_size - 1)
+            for name in ("e_key", "e_value"):
+                params[name] = params[name].at[:, nxt].set(params[name][:, t])
+        return state.replace(params=params, task=t + 1)

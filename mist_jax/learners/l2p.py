@@ -15,9 +15,13 @@ of classes outside the current task are masked during training (the paper's trai
 Reference code followed: google-research/l2p (JAX) and its PyTorch ports (l2p-pytorch,
 LAMDA-PILOT ``models/l2p.py``): uniform(-1, 1) prompts and keys, keys and queries L2-normalised
 with eps 1e-12 (``prompting.py``), and ``batchwise_prompt``: during training, every image of a
-batch uses the N prompts chosen most often over the batch. Deviation: at test time each image
-uses its own top-N (paper Eq. 3); the reference code votes over the test batch too, which makes
-a prediction depend on the other images of its batch. Defaults follow LAMDA-PILOT's L2P
+batch uses the N prompts chosen most often over the batch. At test time each image uses its own
+top-N (paper Eq. 3) by default; LAMDA-PILOT votes over the test batch too (``test_vote=True``),
+which makes a prediction depend on the other images of its batch (and, with its class-sorted
+test batches, raises its published numbers). Gradients are clipped at global norm
+``clip_grad_norm = 1.0`` as google-research/l2p (``grad_clip_max_norm``; LAMDA-PILOT: 0, off).
+Prompt tokens get no position embedding, as google-research/l2p's ``Encoder`` (it prepends the
+prompts after ``AddPositionEmbs``). Defaults follow LAMDA-PILOT's L2P
 settings (pool 10, length 5, top-N 5, pull coefficient 0.1, Adam, constant learning rate,
 optimizer reset per task) and the L2P paper's learning rate 0.03 at batch 256, scaled to 16.
 The 5 epochs at batch 16 are this library's choice for small streams, not a reference value.
@@ -33,7 +37,8 @@ import jax.numpy as jnp
 from flax import struct
 
 from mist_jax.learners.images import ImageLearner
-from mist_jax.learners.prompting import init_linear_head, pull, select_prompts
+from mist_jax.learners.prompting import (clipped_adam, init_linear_head, pull,
+                                         select_prompts)
 from mist_jax.mist.objectives import masked_cross_entropy
 from mist_jax.models.extensions import Extensions, init_prompts
 
@@ -50,7 +55,8 @@ class L2PState:
 class L2P(ImageLearner):
     """L2P (module docstring). Config block ``learner.l2p``: ``pool_size`` (M), ``length``
     (L tokens per prompt), ``top_k`` (N prompts per image), ``pull_coeff`` (lambda of the
-    surrogate loss), ``batchwise_prompt``, and the loop's ``epochs``, ``batch_size``,
+    surrogate loss), ``batchwise_prompt`` (training), ``test_vote`` (batchwise at test time),
+    ``clip_grad_norm`` (0 = off), and the loop's ``epochs``, ``batch_size``,
     ``learning_rate`` (Adam)."""
 
     name: ClassVar[str] = "l2p"
@@ -59,6 +65,8 @@ class L2P(ImageLearner):
     top_k: int = 5
     pull_coeff: float = 0.1
     batchwise_prompt: bool = True
+    test_vote: bool = False
+    clip_grad_norm: float = 1.0
     epochs: int = 5
     batch_size: int = 16
     learning_rate: float = 0.03 * 16 / 256
@@ -67,6 +75,11 @@ class L2P(ImageLearner):
         if not 1 <= self.top_k <= self.pool_size:
             raise ValueError(f"learner.l2p.top_k must be in [1, pool_size={self.pool_size}], "
                              f"got {self.top_k}.")
+
+    def optimizer(self, steps_per_epoch: int):
+        """Adam after global-norm clipping at ``clip_grad_norm`` (``prompting.clipped_adam``)."""
+        del steps_per_epoch
+        return clipped_adam(self.learning_rate, self.clip_grad_norm)
 
     def init(self, key, feature_dim: int) -> L2PState:
         """Prompts and keys uniform(-1, 1); head truncated normal (std 0.02, timm's ViT head
@@ -96,8 +109,9 @@ class L2P(ImageLearner):
         return logits, pull(query, params["keys"], ids)
 
     def logits(self, state: L2PState, backbone, images: jax.Array) -> jax.Array:
-        """float32[B, C]: each image with its own top-N prompts (paper Eq. 3)."""
-        return self.forward(state.params, backbone, images, batchwise=False)[0]
+        """float32[B, C]: each image with its own top-N prompts (paper Eq. 3), or with the
+        batch's most chosen N when ``test_vote``."""
+        return self.forward(state.params, backbone, images, batchwise=self.test_vote)[0]
 
     def loss(self, params, state, backbone, images, labels, task_range) -> jax.Array:
         """Paper Eq. 5: masked cross-entropy minus ``pull_coeff`` times the pull term."""

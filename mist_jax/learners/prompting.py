@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from mist_jax.models.normalize import l2_normalize
 
@@ -69,3 +70,21 @@ def cosine_head_logits(head: dict, features: jax.Array) -> jax.Array:
     """float32[N, C]: ``sigma * cos(features[n], weight[c])`` for ``init_cosine_head``'s head
     and features float32[N, D] (norms clipped at 1e-12, torch ``F.normalize``)."""
     return head["sigma"] * (l2_normalize(features) @ l2_normalize(head["weight"]).T)
+
+
+def clipped_adam(learning_rate, clip_grad_norm: float) -> optax.GradientTransformation:
+    """Adam, after clipping the update's global gradient norm at ``clip_grad_norm`` (0: no
+    clipping): google-research/l2p's ``grad_clip_max_norm = 1.0`` (configs/*_l2p.py,
+    configs/*_dualprompt.py); LAMDA-PILOT does not clip.
+    Raises: ValueError for a negative ``clip_grad_norm``."""
+    if clip_grad_norm < 0:
+        raise ValueError(f"clip_grad_norm must be >= 0 (0 = off), got {clip_grad_norm}.")
+    adam = optax.adam(learning_rate)
+    return optax.chain(optax.clip_by_global_norm(clip_grad_norm), adam) if clip_grad_norm else adam
+
+
+def vote(ids: jax.Array, pool_size: int) -> jax.Array:
+    """int32[B]: every image gets the id chosen most often over the batch (ties: the lower id),
+    LAMDA-PILOT's test-time ``batchwise_prompt`` with top-1. ids int32[B]."""
+    counts = jax.nn.one_hot(ids, pool_size, dtype=jnp.int32).sum(axis=0)
+    return jnp.full_like(ids, jnp.argmax(counts))

@@ -82,9 +82,39 @@ def test_only_the_task_e_prompt_and_key_get_gradient():
         assert np.abs(np.asarray(g[name])).sum() > 0, name
 
 
+def test_next_e_prompt_starts_from_the_trained_one_with_a_shared_pool():
+    """shared_prompt_pool (both references on ImageNet-R): task t+1's E-prompt (prefix key and
+    value) starts as task t's; the matching keys are not copied (shared_prompt_key: false)."""
+    for shared in (True, False):
+        learner, model, _, _ = _tiny(shared_prompt_pool=shared)
+        state = learner.init(jax.random.key(2), model.width).replace(task=jnp.int32(1))
+        before = jax.device_get(state.params)
+        after = jax.device_get(learner.end_task(state, (2, 4)).params)
+        for name in ("e_key", "e_value"):
+            want = before[name][:, 1] if shared else before[name][:, 2]
+            np.testing.assert_array_equal(after[name][:, 2], want)
+            np.testing.assert_array_equal(np.delete(after[name], 2, axis=1),
+                                          np.delete(before[name], 2, axis=1))
+        np.testing.assert_array_equal(after["keys"], before["keys"])
+
+
+def test_test_vote_gives_the_batch_its_most_chosen_e_prompt():
+    learner, model, images, backbone = _tiny()
+    voted, _, _, _ = _tiny(test_vote=True)
+    state = learner.init(jax.random.key(2), model.width).replace(task=jnp.int32(4))
+    q = np.asarray(model.apply({"params": backbone}, images, tokens="cls"), np.float64)
+    own = _cos(q, np.asarray(state.params["keys"], np.float64)).argmax(1)
+    counts = np.bincount(own, minlength=4)
+    major = max(range(4), key=lambda m: (counts[m], -m))  # most chosen; ties: the lower id
+    want = learner.classify(state.params, backbone, images, jnp.full((5,), major, jnp.int32))
+    np.testing.assert_allclose(voted.logits(state, backbone, images), want, rtol=1e-6)
+    per_image = learner.classify(state.params, backbone, images, jnp.asarray(own, jnp.int32))
+    np.testing.assert_allclose(learner.logits(state, backbone, images), per_image, rtol=1e-6)
+
+
 def test_bad_layers_and_a_pool_smaller_than_the_tasks_are_refused():
     model = vit.tiny_vit(image_size=32)  # 2 blocks
-    with pytest.raises(ValueError, match="disjoint blocks"):
+    with pytest.raises(ValueError, match=r"disjoint blocks of the ViT \(0\.\.1\)"):
         DualPrompt(model=model)  # default E-layers 2-4
     with pytest.raises(ValueError, match="pool_size=3 is smaller than the run's 5 tasks"):
         DualPrompt(model=model, g_layers=(0,), e_layers=(1,), pool_size=3, num_tasks=5)

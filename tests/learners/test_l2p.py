@@ -94,6 +94,51 @@ def test_gradients_reach_prompts_keys_and_head_not_through_the_query():
     np.testing.assert_array_equal(np.abs(np.asarray(grads["prompts"])).sum((1, 2)) > 0, chosen)
 
 
+def test_prompt_tokens_get_no_position_embedding():
+    """google-research/l2p prepends prompts after AddPositionEmbs: without a position, swapping
+    two prompt tokens only swaps their outputs (a position embedding would change them)."""
+    _, model = _tiny_l2p()
+    images = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3))
+    backbone = model.init(jax.random.key(1), images)["params"]
+    prompts = jax.random.normal(jax.random.key(3), (2, 3, model.width))
+    out = lambda p: np.asarray(model.apply({"params": backbone}, images,
+                                           ext=vit.Extensions(prompts=p), tokens="prompts"))
+    swapped = prompts[:, ::-1]
+    np.testing.assert_allclose(out(swapped), out(prompts)[:, ::-1], rtol=1e-5, atol=1e-6)
+
+
+def test_test_vote_gives_the_batch_its_most_chosen_prompts():
+    """``test_vote``: LAMDA-PILOT's batchwise selection at test time; default: per image."""
+    images = jax.random.uniform(jax.random.key(0), (6, 8, 8, 3))
+    own, model = _tiny_l2p()
+    voted, _ = _tiny_l2p(test_vote=True)
+    backbone = model.init(jax.random.key(1), images)["params"]
+    state = own.init(jax.random.key(2), model.width)
+    p = state.params
+    per_image = own.forward(p, backbone, images, batchwise=False)[0]
+    batch = own.forward(p, backbone, images, batchwise=True)[0]
+    np.testing.assert_array_equal(own.logits(state, backbone, images), per_image)
+    np.testing.assert_array_equal(voted.logits(state, backbone, images), batch)
+    assert not np.allclose(per_image, batch)  # the switch changes what this batch sees
+
+
+def test_gradients_are_clipped_at_global_norm_one_by_default():
+    """Adam's first moment after one step is (1 - b1) times the clipped gradient:
+    0.1 * g / |g| for |g| > 1 (google-research/l2p grad_clip_max_norm = 1.0), 0.1 * g off."""
+    g = {"a": jnp.array([3.0, 4.0]), "b": jnp.array([12.0])}  # global norm 13
+    for clip, scale in ((1.0, 1 / 13), (0.0, 1.0), (20.0, 1.0)):
+        learner, _ = _tiny_l2p(clip_grad_norm=clip)
+        tx = learner.optimizer(steps_per_epoch=1)
+        params = jax.tree.map(jnp.zeros_like, g)
+        _, opt_state = tx.update(g, tx.init(params), params)
+        mu = next(s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: hasattr(x, "mu"))
+                  if hasattr(s, "mu")).mu
+        np.testing.assert_allclose(mu["a"], 0.1 * scale * np.array([3.0, 4.0]), rtol=1e-6)
+        np.testing.assert_allclose(mu["b"], 0.1 * scale * np.array([12.0]), rtol=1e-6)
+    with pytest.raises(ValueError, match="clip_grad_norm must be >= 0"):
+        _tiny_l2p(clip_grad_norm=-1.0)[0].optimizer(1)
+
+
 def test_bad_top_k_is_refused():
     with pytest.raises(ValueError, match="top_k must be in"):
         L2P(pool_size=3, top_k=4)
