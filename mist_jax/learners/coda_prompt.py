@@ -39,7 +39,7 @@ from flax import struct
 
 from mist_jax.infra import seeds
 from mist_jax.learners.images import ImageLearner
-from mist_jax.learners.prompting import init_linear_head, tf_normalize
+from mist_jax.learners.prompting import init_torch_linear_head, tf_normalize
 from mist_jax.mist.objectives import masked_cross_entropy
 from mist_jax.models.extensions import Extensions
 
@@ -119,14 +119,15 @@ class CodaPrompt(ImageLearner):
 
     def init(self, key, feature_dim: int) -> CodaPromptState:
         """Uniform [0, 1) components, keys and attention (the reference's ``tensor_prompt``)
-        with task 0's block orthonormal; head truncated normal (std 0.02), zero bias."""
+        with task 0's block orthonormal; head as the reference's ``nn.Linear(D, C)``
+        (``prompting.init_torch_linear_head``)."""
         kc, kk, ka, kh, korth = jax.random.split(key, 5)
         n, m = len(self.layers), self.pool_size
         params = {
             "components": jax.random.uniform(kc, (n, m, self.length, feature_dim)),
             "keys": jax.random.uniform(kk, (n, m, feature_dim)),
             "attention": jax.random.uniform(ka, (n, m, feature_dim)),
-            **init_linear_head(kh, feature_dim, self.num_classes)}
+            **init_torch_linear_head(kh, feature_dim, self.num_classes)}
         return self._orthonormal(CodaPromptState(params, jnp.zeros((), jnp.int32),
                                                  seeds.raw_key(korth)))
 

@@ -58,6 +58,17 @@ def init_linear_head(key: jax.Array, feature_dim: int, num_classes: int) -> dict
     return {"kernel": kernel, "bias": jnp.zeros((num_classes,), jnp.float32)}
 
 
+def init_torch_linear_head(key: jax.Array, feature_dim: int, num_classes: int) -> dict:
+    """PyTorch ``nn.Linear(D, C)``'s default init as ``{"kernel": float32[D, C], "bias":
+    float32[C]}``: both uniform in +-1/sqrt(D) (kaiming_uniform with a = sqrt(5), and the
+    bias bound 1/sqrt(fan_in)); CODA-Prompt's head (``models/zoo.py``: ``self.last``)."""
+    bound = feature_dim ** -0.5
+    kk, kb = jax.random.split(key)
+    return {"kernel": jax.random.uniform(kk, (feature_dim, num_classes), jnp.float32, -bound,
+                                         bound),
+            "bias": jax.random.uniform(kb, (num_classes,), jnp.float32, -bound, bound)}
+
+
 def init_cosine_head(key: jax.Array, feature_dim: int, num_classes: int) -> dict:
     """The reference ``CosineLinear`` (APER, EASE): ``{"weight": float32[C, D]`` uniform in
     +-1/sqrt(D) (its ``reset_parameters``), ``"sigma": float32`` scale 1 (learnable)}."""

@@ -15,6 +15,7 @@ from support.learner_runs import assert_resumes_bitwise, learner_config, run_wit
 from mist_jax import learners  # noqa: E402
 from mist_jax.runner import train
 from mist_jax.learners.coda_prompt import CodaPrompt, orthonormal_block  # noqa: E402
+from mist_jax.learners.prompting import init_torch_linear_head  # noqa: E402
 from mist_jax.models import vit  # noqa: E402
 
 
@@ -76,6 +77,25 @@ def test_learning_rate_follows_the_reference_cosine_schedule_per_epoch():
         update, opt = tx.update({"w": jnp.ones(())}, opt, params)
         want = 1e-3 * math.cos(99 * math.pi * (step // 2) / (200 * 2))  # CODA's CosineSchedule
         assert float(update["w"]) == pytest.approx(-want, rel=1e-4)
+
+
+def test_head_is_initialised_as_torch_nn_linear():
+    """The reference head is ``nn.Linear(768, C)`` with PyTorch's default init: weight and bias
+    uniform in +-1/sqrt(fan_in) (a truncated normal of std 0.02 would stay within 0.04)."""
+    d, c = 400, 300
+    head = init_torch_linear_head(jax.random.key(0), d, c)
+    bound = d ** -0.5
+    for name, shape in (("kernel", (d, c)), ("bias", (c,))):
+        x = np.asarray(head[name])
+        assert x.shape == shape and np.abs(x).max() <= bound
+        assert np.abs(x).max() > 0.95 * bound  # spans the whole interval
+        # uniform(-b, b) has standard deviation b / sqrt(3)
+        np.testing.assert_allclose(x.std(), bound / np.sqrt(3), rtol=0.05 if x.size > 1000
+                                   else 0.2)
+    learner, model, _, _ = _tiny()
+    params = learner.init(jax.random.key(1), model.width).params
+    assert np.abs(np.asarray(params["bias"])).max() > 0
+    assert np.abs(np.asarray(params["kernel"])).max() <= model.width ** -0.5
 
 
 def test_odd_length_and_too_small_pool_are_refused():
