@@ -71,8 +71,9 @@ class Run:
         self.clock = timing.Clock(self.inputs)
         self.model, backbone, self.preprocess = build_backbone(cfg)
         self.data = tasks.load_data(cfg)
-        if self.writer:  # which images, per task and split (mist_jax/data/manifest.py)
-            manifest.write(self.workdir / manifest.FILENAME, manifest.of_data(self.data))
+        split = manifest.of_data(self.data)  # which images, per task and split
+        if self.writer:
+            manifest.write(self.workdir / manifest.FILENAME, split)
         self.learner = build_learner(cfg, num_classes=self.data.num_classes,
                                      num_tasks=len(self.data.ranges), model=self.model,
                                      preprocess=self.preprocess)
@@ -92,8 +93,10 @@ class Run:
                       build_tuner(mist_cfg, self.model, self.preprocess, params, self.mesh,
                                   out_dim))
         # MIST's per-task result, shared with runs that start the task from the same state.
-        self.mist_cache = (checkpoint.TunedBackboneCache(cfg.mist.cache_dir, cfg.to_dict())
-                           if cfg.mist.cache_dir and self.tuner is not None else None)
+        # Keyed by the images too: a changed copy of the data set never reuses a stale tuning.
+        self.mist_cache = (checkpoint.TunedBackboneCache(
+            cfg.mist.cache_dir, dict(cfg.to_dict(), split_digest=split["digest"]))
+            if cfg.mist.cache_dir and self.tuner is not None else None)
         self.evaluator = Evaluator(self.data, self.model, self.preprocess, self.inputs, params,
                                    cfg.learner.eval_batch_size)
         self.ckpt = checkpoint.RunCheckpointer(self.workdir / "checkpoints", cfg.to_dict())

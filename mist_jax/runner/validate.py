@@ -63,6 +63,10 @@ def _plan(cfg) -> list[str]:
     return problems
 
 
+#: Seeds are kept below 2**32: a JAX key and np.random.seed hold 32 bits.
+SEED_LIMIT = 2 ** 32
+
+
 def check_config(cfg: ml_collections.ConfigDict) -> None:
     """Check every value of a run config (``configs/default.py`` layout).
 
@@ -73,7 +77,12 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
     learner = learners.LEARNERS.get(le.name)
     tunes = mi.enabled or (learner is not None and learner.tuning(mi) is not None)
     checks: list[tuple[str, Any, bool, str]] = [
-        ("seed", cfg.seed, _int(cfg.seed) and cfg.seed >= 0, "an integer >= 0"),
+        ("seed", cfg.seed, _int(cfg.seed) and 0 <= cfg.seed < SEED_LIMIT,
+         f"an integer in [0, {SEED_LIMIT - 1}] (a PRNG key holds 32 bits: larger seeds would "
+         "repeat smaller ones' streams)"),
+        ("data.class_order_seed", d.class_order_seed,
+         _int(d.class_order_seed) and 0 <= d.class_order_seed < SEED_LIMIT,
+         f"an integer in [0, {SEED_LIMIT - 1}] (np.random.seed's range; 1993 = the authors')"),
         ("checkpoint_every_steps", cfg.checkpoint_every_steps,
          _int(cfg.checkpoint_every_steps) and cfg.checkpoint_every_steps >= 0,
          "an integer >= 0 (0 = checkpoints at task ends only)"),

@@ -82,3 +82,19 @@ def test_check_refuses_a_file_that_is_not_a_manifest(tmp_path):
     import pytest
     with pytest.raises(ValueError, match="not a split manifest"):
         manifest.check(bad, smoke())
+
+
+def test_tuning_cache_is_not_reused_after_the_data_changed(tmp_path):
+    """mist.cache_dir is keyed by the split's digest too: the same config on a changed copy of
+    the image folder tunes again instead of reusing the old tuning."""
+    root = _folder(tmp_path / "data")
+    cfg = _cfg(root)
+    with cfg.unlocked():
+        cfg.mist.cache_dir = str(tmp_path / "cache")
+        cfg.data.increment, cfg.data.init_cls = 4, 4  # one task: quick
+    train.Run(cfg, tmp_path / "a", progress=False).run()
+    again = train.Run(cfg, tmp_path / "b", progress=False).run()
+    assert again["tasks"][0].get("mist_reused_seconds", 0) > 0  # same data: reused
+    (root / "train" / "class_0" / "img_1.png").rename(root / "train" / "class_0" / "img_9.png")
+    changed = train.Run(cfg, tmp_path / "c", progress=False).run()
+    assert "mist_reused_seconds" not in changed["tasks"][0]

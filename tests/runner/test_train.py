@@ -167,7 +167,9 @@ def test_mist_on_first_task_only_matches_all_tasks_on_task_0(tmp_path):
     ("model.dtype", "float99", "model.dtype='float99'"), ("data.image_size", 0, "image_size=0"),
     ("mist.optimizer", "adamww", "adamww"), ("learner.name", "nope", "learner.name='nope'"),
     ("mesh.rules", ((r"(", "fsdp"),), "mesh.rules"),
-    ("checkpoint_every_steps", -1, "checkpoint_every_steps=-1")])
+    ("checkpoint_every_steps", -1, "checkpoint_every_steps=-1"),
+    ("data.class_order_seed", -1, "data.class_order_seed=-1"), ("seed", 2 ** 32, "seed=4294967296"),
+    ("seed", 10 ** 23, "seed=100000000000000000000000")])
 def test_every_bad_value_is_named_before_any_work(tmp_path, key, value, needle):
     with pytest.raises(ValueError, match=re.escape(needle)):
         train.Run(smoke(**{key: value}), tmp_path / "w", progress=False)
