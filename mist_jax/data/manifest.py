@@ -53,10 +53,6 @@ def digest(manifest: dict) -> str:
                           ).hexdigest()
 
 
-def write(path: str | Path, manifest: dict) -> None:
-    Path(path).write_text(json.dumps(manifest))
-
-
 def differences(expected: dict, actual: dict, limit: int = 5) -> list[str]:
     """Up to `limit` human-readable differences of `actual` from `expected` (empty: same)."""
     out = []

@@ -53,6 +53,15 @@ class WorkdirLock:
     def __exit__(self, *exc) -> None:
         self.release()
 
+    def guard(self, check) -> None:
+        """Run ``check()``; if it raises, release the lock and re-raise (a refused run leaves
+        the workdir free)."""
+        try:
+            check()
+        except BaseException:
+            self.release()
+            raise
+
     def release(self) -> None:
         """Free the lock (idempotent)."""
         if self._file is not None and not self._file.closed:

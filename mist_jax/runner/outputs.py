@@ -20,11 +20,31 @@ import matplotlib.pyplot as plt  # noqa: E402
 from mist_jax.runner import metrics  # noqa: E402
 from mist_jax.runner.timing import line as timing_line  # noqa: E402
 from mist_jax.infra.atomic import atomic_path, write_text  # noqa: E402
+from mist_jax.infra.checkpoint import config_diff  # noqa: E402
 
 
 def jsonable(obj: Any) -> Any:
     """``obj`` as it reads back from JSON (numpy scalars as floats, tuples as lists)."""
     return json.loads(json.dumps(obj, default=float))
+
+
+def check_workdir(workdir: str | Path, config: dict) -> None:
+    """Refuse a workdir whose ``config.json`` records a different config (result-neutral keys
+    aside), so a run never overwrites another config's results, checkpoints or not.
+    Raises: ValueError naming the keys that differ and the fix; nothing is changed."""
+    recorded = Path(workdir) / "config.json"
+    if not recorded.is_file():
+        return
+    try:
+        old = json.loads(recorded.read_text())
+    except ValueError as e:
+        raise ValueError(f"{recorded} is unreadable ({e}); it is not this program's, or was "
+                         "cut short: use a new --workdir.") from e
+    diff = config_diff(old, config)
+    if diff:
+        raise ValueError(f"{workdir} holds a run of a different config ({'; '.join(diff[:8])}"
+                         f"{'; ...' if len(diff) > 8 else ''}); nothing was changed. Use a new "
+                         "--workdir (or delete this one to start over).")
 
 
 def write_json(path: str | Path, obj: Any) -> None:

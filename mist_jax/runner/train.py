@@ -66,6 +66,8 @@ class Run:
         self.cfg, self.workdir, self.stop = cfg, Path(workdir), stop
         self.writer = sharding.is_writer()
         self._lock = WorkdirLock(self.workdir) if self.writer else None
+        if self.writer:  # refuse another config's workdir before anything is written
+            self._lock.guard(lambda: outputs.check_workdir(self.workdir, cfg.to_dict()))
         self.mesh = sharding.from_config(cfg)
         self.inputs = Inputs(cfg, self.mesh, progress and self.writer)
         self.clock = timing.Clock(self.inputs)
@@ -73,7 +75,7 @@ class Run:
         self.data = tasks.load_data(cfg)
         split = manifest.of_data(self.data)  # which images, per task and split
         if self.writer:
-            manifest.write(self.workdir / manifest.FILENAME, split)
+            outputs.write_json(self.workdir / manifest.FILENAME, split)
         self.learner = build_learner(cfg, num_classes=self.data.num_classes,
                                      num_tasks=len(self.data.ranges), model=self.model,
                                      preprocess=self.preprocess)

@@ -106,6 +106,22 @@ def test_checkpoint_from_other_config_is_refused(tmp_path):
         train.Run(smoke(**{"mist.select_rate": 0.05}), tmp_path / "w", progress=False)
 
 
+def test_workdir_with_another_configs_results_is_refused_even_without_checkpoints(tmp_path):
+    """Issue: with its checkpoints gone, a different config used to overwrite the workdir's
+    results.json, config.json and metrics.jsonl. Now refused, naming the key; nothing changes."""
+    import shutil
+
+    wd = tmp_path / "w"
+    train.Run(smoke(), wd, progress=False).run()
+    shutil.rmtree(wd / "checkpoints")
+    before = {p.name: p.read_bytes() for p in wd.iterdir() if p.is_file()}
+    with pytest.raises(ValueError, match=r"different config \(mist\.select_rate: 0\.1 -> 0\.05"):
+        train.Run(smoke(**{"mist.select_rate": 0.05}), wd, progress=False)
+    assert {p.name: p.read_bytes() for p in wd.iterdir() if p.is_file()} == before
+    # result-neutral keys (here the evaluation batch) are no difference
+    train.Run(smoke(**{"learner.eval_batch_size": 7}), wd, progress=False)
+
+
 def test_missing_dataset_fails_fast_with_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="cifar100"):
         train.Run(smoke(**{"data.name": "cifar100", "data.data_dir": str(tmp_path)}),
