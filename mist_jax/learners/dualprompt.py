@@ -45,9 +45,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from mist_jax.learners.images import ImageLearner
-from mist_jax.learners.prompting import (clipped_adam, init_linear_head, pull, tf_normalize,
-                                         vote)
+from mist_jax.learners.prompting import (KeyedPromptLearner, init_linear_head, pull,
+                                         tf_normalize, vote)
 from mist_jax.mist.objectives import masked_cross_entropy
 from mist_jax.models.extensions import Extensions, init_prompts
 
@@ -64,7 +63,7 @@ class DualPromptState:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class DualPrompt(ImageLearner):
+class DualPrompt(KeyedPromptLearner):
     """DualPrompt (module docstring). Config block ``learner.dualprompt``: ``g_layers``,
     ``g_length``, ``e_layers``, ``e_length``, ``pool_size`` (E-prompts; at least the number
     of tasks), ``pull_coeff``, ``shared_prompt_pool`` (task t's E-prompt starts from t-1's),
@@ -81,13 +80,7 @@ class DualPrompt(ImageLearner):
     e_layers: tuple = (2, 3, 4)
     e_length: int = 5
     pool_size: int = 10
-    pull_coeff: float = 0.1
     shared_prompt_pool: bool = True
-    test_vote: bool = False
-    clip_grad_norm: float = 1.0
-    epochs: int = 5
-    batch_size: int = 16
-    learning_rate: float = 0.03 * 16 / 256
 
     def __post_init__(self):
         g, e = tuple(self.g_layers), tuple(self.e_layers)
@@ -99,11 +92,6 @@ class DualPrompt(ImageLearner):
             raise ValueError(f"learner.dualprompt.pool_size={self.pool_size} is smaller than "
                              f"the run's {self.num_tasks} tasks (one E-prompt per task); set "
                              f"--config.learner.dualprompt.pool_size={self.num_tasks}.")
-
-    def optimizer(self, steps_per_epoch: int):
-        """Adam after global-norm clipping at ``clip_grad_norm`` (``prompting.clipped_adam``)."""
-        del steps_per_epoch
-        return clipped_adam(self.learning_rate, self.clip_grad_norm)
 
     def init(self, key, feature_dim: int) -> DualPromptState:
         """Prompts and keys uniform(-1, 1); head truncated normal (std 0.02), zero bias."""

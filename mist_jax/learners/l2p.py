@@ -36,8 +36,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from mist_jax.learners.images import ImageLearner
-from mist_jax.learners.prompting import (clipped_adam, init_linear_head, pull,
+from mist_jax.learners.prompting import (KeyedPromptLearner, init_linear_head, pull,
                                          select_prompts)
 from mist_jax.mist.objectives import masked_cross_entropy
 from mist_jax.models.extensions import Extensions, init_prompts
@@ -52,7 +51,7 @@ class L2PState:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class L2P(ImageLearner):
+class L2P(KeyedPromptLearner):
     """L2P (module docstring). Config block ``learner.l2p``: ``pool_size`` (M), ``length``
     (L tokens per prompt), ``top_k`` (N prompts per image), ``pull_coeff`` (lambda of the
     surrogate loss), ``batchwise_prompt`` (training), ``test_vote`` (batchwise at test time),
@@ -63,23 +62,12 @@ class L2P(ImageLearner):
     pool_size: int = 10
     length: int = 5
     top_k: int = 5
-    pull_coeff: float = 0.1
     batchwise_prompt: bool = True
-    test_vote: bool = False
-    clip_grad_norm: float = 1.0
-    epochs: int = 5
-    batch_size: int = 16
-    learning_rate: float = 0.03 * 16 / 256
 
     def __post_init__(self):
         if not 1 <= self.top_k <= self.pool_size:
             raise ValueError(f"learner.l2p.top_k must be in [1, pool_size={self.pool_size}], "
                              f"got {self.top_k}.")
-
-    def optimizer(self, steps_per_epoch: int):
-        """Adam after global-norm clipping at ``clip_grad_norm`` (``prompting.clipped_adam``)."""
-        del steps_per_epoch
-        return clipped_adam(self.learning_rate, self.clip_grad_norm)
 
     def init(self, key, feature_dim: int) -> L2PState:
         """Prompts and keys uniform(-1, 1); head truncated normal (std 0.02, timm's ViT head

@@ -9,9 +9,13 @@ the squared norm; the query is the CLS feature of the backbone without prompts.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import optax
+
+from mist_jax.learners.images import ImageLearner
 
 from mist_jax.models.normalize import l2_normalize
 
@@ -81,6 +85,26 @@ def cosine_head_logits(head: dict, features: jax.Array) -> jax.Array:
     """float32[N, C]: ``sigma * cos(features[n], weight[c])`` for ``init_cosine_head``'s head
     and features float32[N, D] (norms clipped at 1e-12, torch ``F.normalize``)."""
     return head["sigma"] * (l2_normalize(features) @ l2_normalize(head["weight"]).T)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class KeyedPromptLearner(ImageLearner):
+    """What L2P and DualPrompt share: ``pull_coeff`` (lambda of the key-pull term),
+    ``test_vote`` (the test batch's majority choice, LAMDA-PILOT), ``clip_grad_norm`` (global
+    gradient norm before Adam; google-research/l2p: 1.0; 0 = off) and the loop's ``epochs``,
+    ``batch_size`` and ``learning_rate`` (L2P's 0.03 at batch 256, scaled to 16)."""
+
+    pull_coeff: float = 0.1
+    test_vote: bool = False
+    clip_grad_norm: float = 1.0
+    epochs: int = 5
+    batch_size: int = 16
+    learning_rate: float = 0.03 * 16 / 256
+
+    def optimizer(self, steps_per_epoch: int) -> optax.GradientTransformation:
+        """Adam after global-norm clipping at ``clip_grad_norm`` (``clipped_adam``)."""
+        del steps_per_epoch
+        return clipped_adam(self.learning_rate, self.clip_grad_norm)
 
 
 def clipped_adam(learning_rate, clip_grad_norm: float) -> optax.GradientTransformation:
