@@ -34,7 +34,8 @@ def of_data(data: TaskData) -> dict:
     tasks = []
     for t, (lo, hi) in enumerate(data.ranges):
         idx, labels = data.task(t)
-        test = data.seen(hi)[data.test_labels[data.seen(hi)] >= lo]
+        seen = data.seen(hi)
+        test = seen[data.test_labels[seen] >= lo]
         tasks.append({
             "task": t, "classes": [lo, hi],
             "train": [[i, names[data.order[y]]] for i, y in

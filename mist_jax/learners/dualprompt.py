@@ -134,7 +134,7 @@ class DualPrompt(KeyedPromptLearner):
         cos = tf_normalize(self.query(backbone, images)) @ tf_normalize(keys).T  # [B, M]
         ids = jnp.argmax(jnp.where(seen, cos, -jnp.inf), axis=1).astype(jnp.int32)
         if self.test_vote:
-            ids = vote(ids, keys.shape[0])
+            ids = vote(ids[:, None], keys.shape[0])[:, 0]
         return self.classify(state.params, backbone, images, ids)
 
     def loss(self, params, state, backbone, images, labels, task_range) -> jax.Array:

@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import optax
 
 from mist_jax.learners.images import ImageLearner
-
 from mist_jax.models.normalize import l2_normalize
 
 
@@ -41,9 +40,7 @@ def select_prompts(query: jax.Array, keys: jax.Array, top_k: int, batchwise: boo
     cos = tf_normalize(query) @ tf_normalize(keys).T
     _, ids = jax.lax.top_k(cos, top_k)
     if batchwise:
-        counts = jax.nn.one_hot(ids, keys.shape[0], dtype=jnp.int32).sum(axis=(0, 1))
-        _, major = jax.lax.top_k(counts, top_k)
-        ids = jnp.broadcast_to(major, ids.shape)
+        ids = vote(ids, keys.shape[0])
     return ids.astype(jnp.int32), cos
 
 
@@ -119,7 +116,8 @@ def clipped_adam(learning_rate, clip_grad_norm: float) -> optax.GradientTransfor
 
 
 def vote(ids: jax.Array, pool_size: int) -> jax.Array:
-    """int32[B]: every image gets the id chosen most often over the batch (ties: the lower id),
-    LAMDA-PILOT's test-time ``batchwise_prompt`` with top-1. ids int32[B]."""
-    counts = jax.nn.one_hot(ids, pool_size, dtype=jnp.int32).sum(axis=0)
-    return jnp.full_like(ids, jnp.argmax(counts))
+    """The reference code's ``batchwise_prompt``: every image gets the N ids chosen most often
+    over the batch (in decreasing count; ties: the lower id). ids int32[B, N] -> int32[B, N]."""
+    counts = jax.nn.one_hot(ids, pool_size, dtype=jnp.int32).sum(axis=(0, 1))
+    _, major = jax.lax.top_k(counts, ids.shape[1])
+    return jnp.broadcast_to(major, ids.shape)

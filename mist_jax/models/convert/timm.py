@@ -99,20 +99,20 @@ def to_timm(tree: dict) -> dict[str, np.ndarray]:
     Raises:
       ValueError: a key that is neither a backbone leaf nor a block, named.
     """
-    t = {k: np.asarray(v) if not isinstance(v, dict) else v for k, v in tree.items()}
     known = {"patch_embed", "cls_token", "pos_embed", "encoder_norm"}
-    extra = [k for k in t if k not in known and not k.startswith("encoderblock_")]
+    extra = [k for k in tree if k not in known and not k.startswith("encoderblock_")]
     if extra:
         raise ValueError(f"to_timm: {extra} are not part of a timm ViT (convert the plain "
                          "backbone tree, without prompts or adapters).")
-    a = lambda x: np.asarray(x)
-    flat = {"patch_embed.proj.weight": a(t["patch_embed"]["kernel"]).transpose(3, 2, 0, 1),
-            "patch_embed.proj.bias": a(t["patch_embed"]["bias"]),
-            "cls_token": a(t["cls_token"]), "pos_embed": a(t["pos_embed"]),
-            "norm.weight": a(t["encoder_norm"]["scale"]), "norm.bias": a(t["encoder_norm"]["bias"])}
-    depth = sum(k.startswith("encoderblock_") for k in t)
+    a = np.asarray
+    flat = {"patch_embed.proj.weight": a(tree["patch_embed"]["kernel"]).transpose(3, 2, 0, 1),
+            "patch_embed.proj.bias": a(tree["patch_embed"]["bias"]),
+            "cls_token": a(tree["cls_token"]), "pos_embed": a(tree["pos_embed"]),
+            "norm.weight": a(tree["encoder_norm"]["scale"]),
+            "norm.bias": a(tree["encoder_norm"]["bias"])}
+    depth = sum(k.startswith("encoderblock_") for k in tree)
     for i in range(depth):
-        blk, b = t[f"encoderblock_{i}"], f"blocks.{i}."
+        blk, b = tree[f"encoderblock_{i}"], f"blocks.{i}."
         attn = blk["attn"]
         width = a(attn["query"]["kernel"]).shape[0]
         flat[b + "attn.qkv.weight"] = np.concatenate(
