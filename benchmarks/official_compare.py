@@ -207,14 +207,13 @@ def average(acc: list[list[float]]) -> float:
 
 
 def interval(values: list[float]) -> dict:
-    """mean, sd and the 95% t interval of the mean (scipy.stats)."""
-    from scipy import stats
+    """mean, sd and the 95% t interval of the mean (``mist_jax.study.stats.summary``)."""
+    from mist_jax.study import stats
 
-    v = np.asarray(values, np.float64)
-    out = {"n": len(v), "mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
-    if len(v) > 1:
-        out["ci95"] = [float(x) for x in stats.t.interval(0.95, len(v) - 1, loc=v.mean(),
-                                                           scale=stats.sem(v))]
+    s = stats.summary(values)
+    out = {"n": s["n"], "mean": s["mean"], "sd": s["std"] if s["n"] > 1 else 0.0}
+    if s["n"] > 1:
+        out["ci95"] = [s["low"], s["high"]]
     return out
 
 
