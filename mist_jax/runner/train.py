@@ -26,7 +26,7 @@ from absl import logging
 
 from mist_jax import mist
 from mist_jax.data import manifest, tasks
-from mist_jax.infra import checkpoint, interrupt, seeds, sharding
+from mist_jax.infra import checkpoint, interrupt, seeds, sharding, tuning_cache
 from mist_jax.infra.lock import WorkdirLock
 from mist_jax.mist import ablations, masks
 from mist_jax.runner import metrics, outputs, timing, validate
@@ -96,7 +96,7 @@ class Run:
                                   out_dim))
         # MIST's per-task result, shared with runs that start the task from the same state.
         # Keyed by the images too: a changed copy of the data set never reuses a stale tuning.
-        self.mist_cache = (checkpoint.TunedBackboneCache(
+        self.mist_cache = (tuning_cache.TunedBackboneCache(
             cfg.mist.cache_dir, dict(cfg.to_dict(), split_digest=split["digest"]))
             if cfg.mist.cache_dir and self.tuner is not None else None)
         self.evaluator = Evaluator(self.data, self.model, self.preprocess, self.inputs, params,
@@ -231,7 +231,7 @@ class Run:
         return log
 
     def _reuse_tuned(self, t: int, saved: dict, record: dict) -> dict:
-        """Take task t's MIST result from the cache (``checkpoint.TunedBackboneCache``): params
+        """Take task t's MIST result from the cache (``tuning_cache.TunedBackboneCache``): params
         and bookkeeping, the step events replayed; the log gains ``mist_reused_seconds`` (the
         tuning time the run did not spend)."""
         self.state.load(saved, self.mesh)

@@ -6,7 +6,7 @@ aggregates the finished ones into ``DIR/study.{md,csv,json}`` and two plots, and
 table. Re-running the same command after a kill finishes only the missing cells. Cells that
 differ only in their learner (SimpleCIL+MIST and RanPAC+MIST of one seed) tune the backbone once:
 the first stores MIST's per-task result in ``DIR/_mist_cache`` and the others reuse it
-(``checkpoint.TunedBackboneCache``; the same result as tuning again, tests/study/test_study.py).
+(``tuning_cache.TunedBackboneCache``; the same result as tuning again, tests/study/test_study.py).
 
   --list        print the cells (index, variant, seed, class order, finished?) and exit
   --cell K      run cell K only (a cluster array job: one task per cell, e.g. SLURM

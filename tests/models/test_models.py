@@ -297,3 +297,17 @@ def test_an_npz_that_is_not_a_vit_is_named(tmp_path):
     np.savez(tmp_path / "other.npz", a=np.zeros(3), b=np.ones((2, 2)))
     with pytest.raises(ValueError, match=r"other\.npz: not a ViT checkpoint: no \['cls_token'"):
         load_pretrained(str(tmp_path / "other.npz"))
+
+
+def test_a_damaged_embedded_weights_cache_is_rebuilt(tmp_path, monkeypatch):
+    """A flipped byte inside the cached npz's array data (the zip directory intact) is found
+    by its CRC and the file is converted again from the ONNX graph, not trusted."""
+    from mist_jax.models.pretrained import embedded_npz
+
+    monkeypatch.setenv("MIST_JAX_CACHE", str(tmp_path))
+    path = embedded_npz()
+    good = path.read_bytes()
+    data = bytearray(good)
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+    assert embedded_npz() == path and path.read_bytes() == good

@@ -40,7 +40,8 @@ def onnx_path() -> Path:
 
 
 def is_complete_cache(path: Path) -> bool:
-    """Whether ``path`` is a readable converted npz (a ``cls_token`` and over 100 arrays).
+    """Whether ``path`` is a readable converted npz (a ``cls_token`` and over 100 arrays, every
+    one of which reads back whole: the zip's CRC-32 of each member is checked).
 
     A missing, truncated or corrupt file gives False (never raises), so the caller rebuilds it.
     """
@@ -48,8 +49,9 @@ def is_complete_cache(path: Path) -> bool:
         return False
     try:
         with np.load(path) as f:
-            return "cls_token" in f.files and len(f.files) > 100
-    except Exception:  # corrupt or truncated cache
+            return ("cls_token" in f.files and len(f.files) > 100
+                    and all(f[k].size >= 0 for k in f.files))  # reading checks the CRC
+    except Exception:  # pylint: disable=broad-except  # corrupt or truncated cache
         return False
 
 
