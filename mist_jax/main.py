@@ -41,6 +41,7 @@ def run_all(config, workdir: str | Path, stop=None) -> dict[str, dict]:
     from mist_jax import learners
     from mist_jax.runner import outputs, train
     from mist_jax.infra import sharding
+    from mist_jax.infra.interrupt import run_or_stop
     from mist_jax.infra.lock import WorkdirLock
 
     workdir = Path(workdir)
@@ -58,14 +59,14 @@ def run_all(config, workdir: str | Path, stop=None) -> dict[str, dict]:
             base.mist.enabled = False
         runs.append(("baseline", base))
     if not sharding.is_writer():  # only process 0 writes (multi-host runs)
-        return {name: _run(train.Run(cfg, workdir / name, stop=stop), name)
+        return {name: run_or_stop(train.Run(cfg, workdir / name, stop=stop), name)
                 for name, cfg in runs}
     lock = WorkdirLock(workdir)  # the whole folder: both runs, summary.txt, the plot
     try:
         results = {}
         for name, cfg in runs:
             logging.info("Run %r into %s", name, workdir / name)
-            results[name] = _run(train.Run(cfg, workdir / name, stop=stop), name)
+            results[name] = run_or_stop(train.Run(cfg, workdir / name, stop=stop), name)
         if len(results) > 1:
             outputs.plot_accuracy_curves({n: r["top1_curve"] for n, r in results.items()},
                                          workdir / "accuracy_curve.png")
@@ -75,20 +76,6 @@ def run_all(config, workdir: str | Path, stop=None) -> dict[str, dict]:
         lock.release()
     print(table)
     return results
-
-
-def _run(run, name: str) -> dict:
-    """``run.run()``, turning a KeyboardInterrupt (a second signal: no in-task checkpoint)
-    into ``Interrupted`` naming the saved tasks."""
-    from mist_jax.infra.interrupt import Interrupted
-
-    try:
-        return run.run()
-    except KeyboardInterrupt:
-        done = run.record["next_task"]
-        saved = f"tasks 0-{done - 1} are checkpointed" if done else "no task was finished"
-        raise Interrupted(f"Interrupted in {run.workdir} ({name}) during task {done}; {saved}. "
-                          "Re-run the same command to resume.") from None
 
 
 def main(argv):

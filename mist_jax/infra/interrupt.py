@@ -53,3 +53,16 @@ class StopSignal:
         self.requested = signal.Signals(signum).name
         logging.warning("%s received: stopping at the next step boundary after a checkpoint "
                         "(send it again to stop at once).", self.requested)
+
+
+def run_or_stop(run, name: str) -> dict:
+    """``run.run()`` of a ``train.Run``, turning a KeyboardInterrupt (a second signal: no
+    in-task checkpoint) into ``Interrupted`` naming the tasks already checkpointed.
+    Raises: Interrupted when stopped either way (the message says how to resume)."""
+    try:
+        return run.run()
+    except KeyboardInterrupt:
+        done = run.record["next_task"]
+        saved = f"tasks 0-{done - 1} are checkpointed" if done else "no task was finished"
+        raise Interrupted(f"Interrupted in {run.workdir} ({name}) during task {done}; {saved}. "
+                          "Re-run the same command to resume.") from None

@@ -10,7 +10,9 @@ A study config (``configs/studies/*.py``) is an ``ml_collections.ConfigDict`` wi
 
 Each cell is an ordinary run (``train.Run``) in ``<workdir>/<variant>/seed<s>_order<o>``:
 resumable, and skipped once its ``results.json`` exists; a cell that fails is reported and the
-others go on. ``cells`` lists them in a fixed order (variants by name, then repeats), so
+others go on. Each cell's ``config.json`` records the config it ran; a study folder whose cells
+record another config than the study now gives them is refused (``check_workdir``), so one
+table never mixes two configs. ``cells`` lists them in a fixed order (variants by name, then repeats), so
 ``--cell K`` is the same cell on every host of a cluster array job.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import json
 import re
 from pathlib import Path
 
@@ -124,3 +127,36 @@ def cell_dir(workdir: str | Path, cell: Cell) -> Path:
 def is_finished(workdir: str | Path, cell: Cell) -> bool:
     """True when the cell's run has written its ``results.json``."""
     return (cell_dir(workdir, cell) / "results.json").is_file()
+
+
+def changed_cells(study: ml_collections.ConfigDict, workdir: str | Path) -> list[str]:
+    """``"<cell>: key: old -> new; ..."`` for each cell whose folder records (``config.json``)
+    another config than the study gives it now (result-neutral keys aside, as for a run)."""
+    from mist_jax.infra.checkpoint import config_diff
+
+    out = []
+    for cell in cells(study):
+        recorded = cell_dir(workdir, cell) / "config.json"
+        if not recorded.is_file():
+            continue
+        try:
+            old = json.loads(recorded.read_text())
+        except ValueError:
+            out.append(f"{cell.name}: its config.json is unreadable")
+            continue
+        diff = config_diff(old, run_config(study, cell.variant, cell.seed, cell.order).to_dict())
+        if diff:
+            out.append(f"{cell.name}: {'; '.join(diff[:4])}{'; ...' if len(diff) > 4 else ''}")
+    return out
+
+
+def check_workdir(study: ml_collections.ConfigDict, workdir: str | Path) -> None:
+    """Refuse a study folder holding cells of another config before anything is run or
+    aggregated. Raises: ValueError naming the cells, the keys that differ and the fix."""
+    changed = changed_cells(study, workdir)
+    if changed:
+        raise ValueError(
+            f"{workdir} holds {len(changed)} cell(s) run with another config ("
+            + " | ".join(changed[:3]) + (" | ..." if len(changed) > 3 else "")
+            + "); nothing was run or aggregated. Use a new --workdir for the changed study, "
+            "or move those cell folders away to run them again.")

@@ -12,10 +12,16 @@ the first stores MIST's per-task result in ``DIR/_mist_cache`` and the others re
   --cell K      run cell K only (a cluster array job: one task per cell, e.g. SLURM
                 ``--array=0-N`` with ``--cell $SLURM_ARRAY_TASK_ID``), no aggregation
   --aggregate   only aggregate the cells finished so far
+
+A folder whose cells ran another config is refused before any work (``study.check_workdir``).
+Ctrl-C or SIGTERM stops the running cell as a run stops (in-task checkpoint, exit 130; the same
+command resumes). Several study processes may share one folder: a cell another process is
+running is left to it, never reported as failed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import traceback
 from pathlib import Path
@@ -32,20 +38,34 @@ _AGGREGATE = flags.DEFINE_bool("aggregate", False, "Only aggregate the finished 
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def run_cells(study, workdir: str, only: int | None = None, progress: bool = False
-              ) -> list[tuple[str, str]]:
-    """Run the unfinished cells (or cell ``only``); returns ``[(cell name, error)]`` of the
-    cells that failed. Raises ValueError for a bad study or cell index."""
+@dataclasses.dataclass
+class Outcome:
+    """What ``run_cells`` did: ``failed`` ``[(cell name, error)]``; ``busy``: the names of the
+    cells another process was running (left to it)."""
+
+    failed: list = dataclasses.field(default_factory=list)
+    busy: list = dataclasses.field(default_factory=list)
+
+
+def run_cells(study, workdir: str, only: int | None = None, progress: bool = False,
+              stop=None) -> Outcome:
+    """Run the unfinished cells (or cell ``only``), honouring ``stop`` (an
+    ``interrupt.StopSignal``) at step boundaries.
+    Raises: ValueError for a bad study, a cell index out of range or a folder holding cells of
+    another config; ``interrupt.Interrupted`` when stopped (the running cell checkpointed)."""
     from mist_jax import study as st
+    from mist_jax.infra.interrupt import Interrupted, run_or_stop
+    from mist_jax.infra.lock import WorkdirInUse
     from mist_jax.runner import train
 
     st.check_study(study)
+    st.check_workdir(study, workdir)
     todo = st.cells(study)
     if only is not None:
         if not 0 <= only < len(todo):
             raise ValueError(f"--cell {only}: the study has cells 0..{len(todo) - 1}.")
         todo = [todo[only]]
-    failed = []
+    outcome = Outcome()
     for cell in todo:
         if st.is_finished(workdir, cell):
             logging.info("cell %d %s: finished, skipped", cell.index, cell.name)
@@ -56,38 +76,60 @@ def run_cells(study, workdir: str, only: int | None = None, progress: bool = Fal
             if not cfg.mist.cache_dir:  # cells differing only in the learner tune once
                 with cfg.unlocked():
                     cfg.mist.cache_dir = str(Path(workdir) / st.MIST_CACHE)
-            train.Run(cfg, st.cell_dir(workdir, cell), progress=progress).run()
-        except KeyboardInterrupt:
+            run_or_stop(train.Run(cfg, st.cell_dir(workdir, cell), progress=progress,
+                                  stop=stop), cell.name)
+        except Interrupted:
             raise
+        except WorkdirInUse:  # another study process runs it: its cell, not a failure
+            logging.info("cell %d %s: another process is running it; left to it", cell.index,
+                         cell.name)
+            outcome.busy.append(cell.name)
         except Exception as e:  # pylint: disable=broad-except; report it, go on with the rest
             logging.error("cell %d %s failed: %s", cell.index, cell.name,
                           traceback.format_exc(limit=3))
-            failed.append((cell.name, f"{type(e).__name__}: {e}"))
-    return failed
+            outcome.failed.append((cell.name, f"{type(e).__name__}: {e}"))
+    return outcome
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     from mist_jax.infra import compilation_cache, logs
+    from mist_jax.infra.interrupt import Interrupted, StopSignal
     from mist_jax import study as st
     from mist_jax.study import report
 
     logs.quiet_libraries()
     compilation_cache.enable()  # cells after the first load the compiled programs
     study, workdir = _CONFIG.value, _WORKDIR.value
-    st.check_study(study)
-    if _LIST.value:
-        for c in st.cells(study):
-            done = "finished" if st.is_finished(workdir, c) else "-"
-            print(f"{c.index}\t{c.variant}\tseed={c.seed}\torder={c.order}\t{done}")
-        return
-    failed = [] if _AGGREGATE.value else run_cells(study, workdir, _CELL.value)
-    if _CELL.value is None:
-        print(report.markdown(report.aggregate(study, workdir)))
-    for name, error in failed:
+    stop = StopSignal().install()  # SIGINT / SIGTERM: the running cell stops as a run does
+    try:
+        st.check_study(study)
+        st.check_workdir(study, workdir)
+        if _LIST.value:
+            for c in st.cells(study):
+                done = "finished" if st.is_finished(workdir, c) else "-"
+                print(f"{c.index}\t{c.variant}\tseed={c.seed}\torder={c.order}\t{done}")
+            return
+        outcome = Outcome() if _AGGREGATE.value else run_cells(study, workdir, _CELL.value,
+                                                               stop=stop)
+        if _CELL.value is None:
+            print(report.markdown(report.aggregate(study, workdir)))
+    except Interrupted as e:
+        logging.error("%s", e)
+        sys.exit(130)
+    except (ValueError, FileNotFoundError) as e:
+        logging.error("%s: %s", type(e).__name__, e)
+        sys.exit(1)
+    finally:
+        stop.uninstall()
+    if outcome.busy:
+        logging.warning("%d cell(s) were left to another study process still running them "
+                        "(%s); run --aggregate once it has finished.", len(outcome.busy),
+                        ", ".join(outcome.busy))
+    for name, error in outcome.failed:
         logging.error("failed cell %s: %s", name, error)
-    if failed:
+    if outcome.failed:
         sys.exit(1)
 
 

@@ -17,26 +17,37 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
+from absl import logging  # noqa: E402
 
 from mist_jax.infra.atomic import atomic_path, write_text  # noqa: E402
 from mist_jax.study import cell_dir, cells, is_finished  # noqa: E402
 from mist_jax.study.stats import METRICS, by_variant, differences  # noqa: E402
 
 
-def collect(study: ml_collections.ConfigDict, workdir: str | Path) -> list[dict]:
+def collect(study: ml_collections.ConfigDict, workdir: str | Path,
+            unreadable: list | None = None) -> list[dict]:
     """One row per finished cell: variant, seed, order, the ``stats.METRICS`` and the top-1
     curve (percent after each task). ``wall_minutes`` is the cost the cell stands for: its own
-    run time plus the MIST time it reused from another cell (``mist_reused_seconds``)."""
+    run time plus the MIST time it reused from another cell (``mist_reused_seconds``).
+    A cell whose results.json cannot be read (cut short, edited) is left out with a warning
+    naming the file, and its name is appended to ``unreadable``."""
     rows = []
     for cell in cells(study):
         if not is_finished(workdir, cell):
             continue
-        res = json.loads((cell_dir(workdir, cell) / "results.json").read_text())
-        rows.append({"variant": cell.variant, "seed": cell.seed, "order": cell.order,
-                     **{m: float(res[m]) for m in METRICS if m != "wall_minutes"},
-                     "wall_minutes": sum(t["seconds"] + t.get("mist_reused_seconds", 0)
-                                         for t in res["tasks"]) / 60,
-                     "top1_curve": res["top1_curve"]})
+        path = cell_dir(workdir, cell) / "results.json"
+        try:
+            res = json.loads(path.read_text())
+            rows.append({"variant": cell.variant, "seed": cell.seed, "order": cell.order,
+                         **{m: float(res[m]) for m in METRICS if m != "wall_minutes"},
+                         "wall_minutes": sum(t["seconds"] + t.get("mist_reused_seconds", 0)
+                                             for t in res["tasks"]) / 60,
+                         "top1_curve": res["top1_curve"]})
+        except (ValueError, KeyError, TypeError) as e:
+            logging.warning("%s is unreadable (%s: %s); that cell is left out of the table. "
+                            "Delete the file to run the cell again.", path, type(e).__name__, e)
+            if unreadable is not None:
+                unreadable.append(cell.name)
     return rows
 
 
@@ -44,12 +55,13 @@ def aggregate(study: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     """Summaries of the finished cells, written next to them; returns the ``study.json`` dict
     (``variants``, ``differences``, ``cells``, ``missing``)."""
     workdir = Path(workdir)
-    rows = collect(study, workdir)
+    unreadable: list[str] = []
+    rows = collect(study, workdir, unreadable)
     all_cells = cells(study)
     missing = [c.name for c in all_cells if not is_finished(workdir, c)]
     result = {"variants": by_variant(rows) if rows else {},
               "differences": {}, "cells": len(all_cells), "finished": len(rows),
-              "missing": missing, "rows": rows}
+              "missing": missing, "unreadable": unreadable, "rows": rows}
     for variant, reference in study.compare:
         try:
             result["differences"][f"{variant} - {reference}"] = differences(rows, variant,
@@ -75,7 +87,10 @@ def _fmt(s: dict) -> str:
 def markdown(result: dict) -> str:
     """The variant table (mean ± std [95% interval] over repeats) and the paired-difference
     table with both tests and a one-line reading of each difference in average accuracy."""
-    lines = [f"{result['finished']} of {result['cells']} cells finished.", "",
+    unreadable = result.get("unreadable") or []
+    lines = [f"{result['finished']} of {result['cells']} cells finished"
+             + (f" ({len(unreadable)} unreadable, left out: {', '.join(unreadable)})"
+                if unreadable else "") + ".", "",
              "| variant | n | " + " | ".join(METRICS) + " |",
              "|---|---|" + "---|" * len(METRICS)]
     for v, s in result["variants"].items():

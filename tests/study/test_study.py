@@ -4,8 +4,10 @@ smoke study end to end (resume skips finished cells, --list / --cell / --aggrega
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import ml_collections
@@ -105,7 +107,7 @@ def test_a_failing_cell_is_reported_and_the_others_go_on(tmp_path):
             "b_broken": "data.name='no_such_dataset'"})
         study.repeats = ((0, 1993),)
         study.compare = ()
-    failed = run_cells(study, str(tmp_path / "s"))
+    failed = run_cells(study, str(tmp_path / "s")).failed
     assert [name for name, _ in failed] == ["a_broken/seed0_order1993", "b_broken/seed0_order1993"]
     assert "FileNotFoundError" in failed[0][1] and "Unknown dataset" in failed[1][1]
 
@@ -116,12 +118,12 @@ def test_smoke_study_resumes_only_missing_cells_and_aggregates(tmp_path, caplog)
     from mist_jax.study.__main__ import run_cells
 
     study, wd = _load(SMOKE), tmp_path / "study"
-    assert run_cells(study, str(wd), only=2) == []  # a cluster task: one cell
+    assert run_cells(study, str(wd), only=2).failed == []  # a cluster task: one cell
     assert [st.is_finished(wd, c) for c in st.cells(study)] == [False, False, True, False]
     done = wd / "simplecil_mist/seed0_order1993/results.json"
     mtime = done.stat().st_mtime_ns
     with caplog.at_level("INFO"):
-        assert run_cells(study, str(wd)) == []  # re-run after "a kill": the missing cells
+        assert run_cells(study, str(wd)).failed == []  # re-run after "a kill": missing cells
     assert done.stat().st_mtime_ns == mtime  # the finished cell was not run again
     assert "cell 2 simplecil_mist/seed0_order1993: finished, skipped" in caplog.text
     assert all(st.is_finished(wd, c) for c in st.cells(study))
@@ -158,6 +160,101 @@ def test_smoke_study_resumes_only_missing_cells_and_aggregates(tmp_path, caplog)
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads((wd / "study.json").read_text()) == before
     assert "simplecil_mist - simplecil" in again.stdout
+
+
+# ------------------------------------------------------------------ a study folder's safety
+def _one_cell(study):
+    with study.unlocked():
+        study.variants = ml_collections.ConfigDict({"simplecil_mist": ""})
+        study.repeats, study.compare = ((0, 1993),), ()
+    return study
+
+
+def _cli(wd, *extra, config=SMOKE, **kw):
+    return subprocess.Popen([sys.executable, "-m", "mist_jax.study", "--config", str(config),
+                             "--workdir", str(wd), *extra], cwd=ROOT, text=True,
+                            env=dict(os.environ, JAX_PLATFORMS="cpu"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def test_a_folder_holding_cells_of_another_config_is_refused(tmp_path):
+    """A cell whose config.json records another config (here the select rate) stops the study
+    before any cell runs or the table is written, naming the cell, the key and the fix."""
+    from mist_jax.study.__main__ import run_cells
+
+    study, wd = _load(SMOKE), tmp_path / "s"
+    cell = st.cells(study)[3]  # simplecil_mist/seed1_order1
+    old = st.run_config(study, cell.variant, cell.seed, cell.order).to_dict()
+    old["mist"]["select_rate"] = 0.5
+    (wd / cell.name).mkdir(parents=True)
+    (wd / cell.name / "config.json").write_text(json.dumps(old))
+    (wd / cell.name / "results.json").write_text("{}")
+    with pytest.raises(ValueError, match=rf"{cell.name}: mist.select_rate: 0.5 -> .*new --workdir"):
+        run_cells(study, str(wd))
+    assert not (wd / "simplecil").exists()  # cell 0 was not started
+    out, err = _cli(wd, "--aggregate").communicate(timeout=300)
+    assert "mist.select_rate" in err and "Traceback" not in err and "Error" in err
+    assert not (wd / "study.md").exists()
+
+
+def test_aggregation_names_an_unreadable_cell_and_still_writes_the_table(tmp_path):
+    study, wd = _load(SMOKE), tmp_path / "s"
+    for i, cell in enumerate(st.cells(study)):
+        (wd / cell.name).mkdir(parents=True)
+        res = {"average_accuracy": 50.0 + i, "last_accuracy": 40.0, "forgetting": 5.0,
+               "new_task_accuracy": 60.0, "tasks": [{"seconds": 60.0}], "top1_curve": [50.0]}
+        (wd / cell.name / "results.json").write_text(json.dumps(res)[: 20 if i == 3 else None])
+    result = report.aggregate(study, wd)
+    assert result["finished"] == 3 and result["unreadable"] == [st.cells(study)[3].name]
+    md = (wd / "study.md").read_text()
+    assert md.startswith("3 of 4 cells finished (1 unreadable, left out: simplecil_mist/seed1")
+    assert result["variants"]["simplecil"]["average_accuracy"]["mean"] == 50.5  # (50 + 51) / 2
+
+
+def test_a_cell_another_process_runs_is_left_to_it_not_failed(tmp_path):
+    from mist_jax.study.__main__ import run_cells
+
+    study, wd = _one_cell(_load(SMOKE)), tmp_path / "s"
+    cell_dir = wd / st.cells(study)[0].name
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from mist_jax.infra.lock import WorkdirLock; "
+        f"lock = WorkdirLock({str(cell_dir)!r}); print('held', flush=True); time.sleep(120)")],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        outcome = run_cells(study, str(wd))
+    finally:
+        holder.kill()
+    assert outcome.failed == [] and outcome.busy == ["simplecil_mist/seed0_order1993"]
+    assert not (cell_dir / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_sigint_stops_the_running_cell_with_a_checkpoint_and_one_line(tmp_path):
+    config = tmp_path / "one_cell.py"
+    config.write_text(
+        "from mist_jax.infra import config_files\n"
+        f"smoke = config_files.load_module({str(ROOT / SMOKE)!r})\n"
+        "def get_config():\n"
+        "    c = smoke.get_config()\n"
+        "    with c.unlocked():\n"
+        "        c.variants = {'simplecil_mist': ''}\n"
+        "        c.repeats, c.compare = ((0, 1993),), ()\n"
+        "        c.base.mist.log_every = 1\n"  # every step's event: the signal lands in task 0
+        "    return c\n")
+    wd = tmp_path / "s"
+    events = wd / "simplecil_mist" / "seed0_order1993" / "metrics.jsonl"
+    proc = _cli(wd, config=config)
+    deadline = time.time() + 300
+    while (not events.exists() or '"mist_step"' not in events.read_text()) \
+            and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "Re-run the same command to resume" in err
+    assert any((wd / "simplecil_mist/seed0_order1993/checkpoints_in_task").iterdir())
+    assert not (wd / "study.md").exists()
 
 
 @pytest.mark.parametrize("name", ["smoke", "embedded_main", "embedded_ablation", "embedded_learners",
