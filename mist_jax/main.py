@@ -86,8 +86,8 @@ def main(argv):
 
         plan.memory_aware_cpu_schedule()  # before the backend starts
     from mist_jax.infra import compilation_cache, logs, sharding
+    from mist_jax.infra.errors import USER_ERRORS, one_line
     from mist_jax.infra.interrupt import Interrupted, StopSignal
-    from mist_jax.infra.lock import WorkdirInUse
 
     logs.quiet_libraries()
     sharding.initialize_distributed()  # no-op unless the environment asks for multi-host
@@ -101,11 +101,11 @@ def main(argv):
     except Interrupted as e:
         logging.error("%s", e)
         sys.exit(130)
-    except (ValueError, FileNotFoundError, WorkdirInUse) as e:
+    except USER_ERRORS as e:
         if _TRACEBACK.value:
             raise
         # Bad input: the message names the problem and the fix; library frames add nothing.
-        logging.error("%s: %s  (--traceback shows where it was raised)", type(e).__name__, e)
+        logging.error("%s  (--traceback shows where it was raised)", one_line(e))
         sys.exit(1)
     finally:
         stop.uninstall()

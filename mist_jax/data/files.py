@@ -8,15 +8,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from absl import logging
 
+from mist_jax.data import decode_check
+from mist_jax.data.decode_check import decode_rgb
 from mist_jax.data.image_set import ImageSet, LazyImages
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class _FileImages(LazyImages):
-    """Image files decoded with PIL and converted to RGB (the authors' pil_loader)."""
+    """Image files decoded in full as RGB (``decode_check.decode_rgb``)."""
 
     def __init__(self, paths: Sequence[str]):
         self._paths = list(paths)
@@ -25,36 +27,61 @@ class _FileImages(LazyImages):
         return len(self._paths)
 
     def _load(self, indices):
-        out = []
-        for i in indices:
-            try:
-                with Image.open(self._paths[i]) as im:
-                    out.append(np.asarray(im.convert("RGB"), np.uint8))
-            except (OSError, ValueError) as e:
-                raise ValueError(f"Cannot decode image {self._paths[i]} ({e}); replace or "
-                                 "delete the file.") from e
-        return out
+        return [decode_rgb(self._paths[i]) for i in indices]
 
 
-def _check_images(paths: Sequence[str]) -> None:
-    """Open every file's header (PIL ``verify``): a non-image or broken file is reported now,
-    before any training, not mid-run. Raises ValueError naming up to 5 bad files."""
-    bad = []
-    for p in paths:
-        try:
-            with Image.open(p) as im:
-                im.verify()
-        except Exception as e:  # pylint: disable=broad-except; PIL raises many kinds
-            bad.append(f"{p} ({type(e).__name__}: {e})")
-    if bad:
-        raise ValueError(f"{len(bad)} file(s) of the image folder are not readable images: "
-                         + "; ".join(bad[:5]) + ". Replace or delete them.")
+def _scan(root: Path, found: dict[str, Path | None]) -> tuple[dict[str, dict[str, list]], list]:
+    """``({split: {class: [image paths]}}, ignored paths)`` of the splits present.
+
+    The rule (docs/benchmarks.md): images are ``<split>/<class>/<file>`` with an image suffix;
+    hidden entries (a leading ".", e.g. ``.ipynb_checkpoints``) and other files are ignored
+    (the caller warns); a sub-folder inside a class, a class folder without images and a class
+    missing from a split are refused.
+    Raises: ValueError naming up to 5 problems and the fix.
+    """
+    per_split, ignored, problems = {}, [], []
+    for split, folder in found.items():
+        if folder is None:
+            continue
+        per_split[split] = {}
+        for cls in sorted(folder.iterdir()):
+            if cls.name.startswith(".") or not cls.is_dir():
+                ignored.append(cls)
+                continue
+            files = []
+            for p in sorted(cls.iterdir()):
+                if p.name.startswith("."):
+                    ignored.append(p)
+                elif p.is_dir():
+                    problems.append(f"{p} is a sub-folder (images are read from "
+                                    "<split>/<class>/ only: move its images up or delete it)")
+                elif p.suffix.lower() in IMAGE_EXTENSIONS:
+                    files.append(os.fspath(p))
+                else:
+                    ignored.append(p)
+            if not files:
+                problems.append(f"class folder {cls} holds no images "
+                                f"({', '.join(IMAGE_EXTENSIONS)})")
+            per_split[split][cls.name] = files
+    names = sorted(set().union(*per_split.values()))
+    for split, classes in per_split.items():
+        missing = [n for n in names if n not in classes]
+        if missing:
+            problems.append(f"class folder(s) {missing[:10]} of {root} have no "
+                            f"{'training' if split == 'train' else 'test'} images (no "
+                            f"{found[split]}/<class>/): every class needs both splits")
+    if problems:
+        raise ValueError(f"Image folder {root}: " + "; ".join(problems[:5])
+                         + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+                         + ".")
+    return per_split, ignored
 
 
 def load_folder(name: str, split: str) -> ImageSet:
     """``"folder:<root>"``: ``<root>/train/<class>/*`` and ``<root>/test/<class>/*`` (or
-    ``val/``), class ids in sorted folder-name order. Raises FileNotFoundError / ValueError
-    naming the folder or files to fix."""
+    ``val/``), class ids in sorted folder-name order. The layout of both splits is checked and
+    every image decoded in full (``decode_check.check_files``, remembered) before any work.
+    Raises FileNotFoundError / ValueError naming the folder or files to fix."""
     root = Path(name[len("folder:"):]).expanduser()
     split_dirs = {"train": [root / "train"], "test": [root / "test", root / "val"]}
     found = {s: next((d for d in dirs if d.is_dir()), None) for s, dirs in split_dirs.items()}
@@ -63,24 +90,19 @@ def load_folder(name: str, split: str) -> ImageSet:
         raise FileNotFoundError(
             f"Image folder {str(root)!r} has no {split} split: expected {wanted} holding one "
             "sub-folder of images per class (<root>/train/<class>/*.jpg, <root>/test/<class>/*).")
-    per_split = {s: {c.name for c in d.iterdir() if c.is_dir()} for s, d in found.items()
-                 if d is not None}
-    classes = sorted(set().union(*per_split.values()))
-    if found["train"] is not None and per_split["train"] != set(classes):
-        only = sorted(set(classes) - per_split["train"])
-        raise ValueError(f"Class folder(s) {only[:10]} of {root} have no training images "
-                         f"(no {found['train']}/<class>/): every class needs both splits.")
-    paths, labels = [], []
-    for label, cls in enumerate(classes):
-        cls_dir = found[split] / cls
-        if cls_dir.is_dir():
-            files = sorted(p for p in cls_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-            paths += [os.fspath(p) for p in files]
-            labels += [label] * len(files)
-    if not paths:
-        raise FileNotFoundError(
-            f"No images ({', '.join(IMAGE_EXTENSIONS)}) under {found[split]}/<class>/.")
-    _check_images(paths)
+    per_split, ignored = _scan(root, found)
+    if not per_split[split]:
+        raise FileNotFoundError(f"No class folders under {found[split]}: expected "
+                                f"{found[split]}/<class>/<images>.")
+    if ignored and split == "train":  # said once per run (the train split is read first)
+        logging.warning("Ignored %d entries of %s that are hidden or not images: %s", len(ignored),
+                        root, ", ".join(os.fspath(p.relative_to(root)) for p in ignored[:5])
+                        + (" ..." if len(ignored) > 5 else ""))
+    classes = sorted(per_split[split])
+    decode_check.check_files([f for c in per_split.values() for fs in c.values() for f in fs],
+                             root)
+    paths = [f for c in classes for f in per_split[split][c]]
+    labels = [label for label, c in enumerate(classes) for _ in per_split[split][c]]
     ids = tuple(Path(p).relative_to(root).as_posix() for p in paths)
     return ImageSet(_FileImages(paths), np.asarray(labels, np.int64), len(classes),
                     tuple(classes), name, ids)

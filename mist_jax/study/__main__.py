@@ -95,6 +95,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     from mist_jax.infra import compilation_cache, logs
+    from mist_jax.infra.errors import USER_ERRORS, one_line
     from mist_jax.infra.interrupt import Interrupted, StopSignal
     from mist_jax import study as st
     from mist_jax.study import report
@@ -118,8 +119,8 @@ def main(argv):
     except Interrupted as e:
         logging.error("%s", e)
         sys.exit(130)
-    except (ValueError, FileNotFoundError) as e:
-        logging.error("%s: %s", type(e).__name__, e)
+    except USER_ERRORS as e:
+        logging.error("%s", one_line(e))
         sys.exit(1)
     finally:
         stop.uninstall()

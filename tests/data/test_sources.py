@@ -9,6 +9,8 @@ import pickle
 import re
 from pathlib import Path
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -95,6 +97,7 @@ def test_image_folder_source(tmp_path):
     _png(tmp_path / "train/dog/d.png", rgba)
     (tmp_path / "train/dog/notes.txt").write_text("not an image")
     _png(tmp_path / "val/dog/e.png", rgb[2])  # "val" is accepted for the test split
+    _png(tmp_path / "val/cat/f.png", rgb[0])
 
     train = load_dataset(f"folder:{tmp_path}", "train")
     assert train.class_names == ("cat", "dog") and train.num_classes == 2
@@ -105,7 +108,7 @@ def test_image_folder_source(tmp_path):
     assert np.array_equal(images[3], rgba[..., :3])
     assert np.array_equal(train.images[1], rgb[1])
     test = load_dataset(f"folder:{tmp_path}", "test")
-    assert test.labels.tolist() == [1] and np.array_equal(test.take([0])[0], rgb[2])
+    assert test.labels.tolist() == [0, 1] and np.array_equal(test.take([1])[0], rgb[2])
 
 
 def test_image_folder_without_split_fails(tmp_path):
@@ -126,17 +129,103 @@ def test_image_folder_problems_are_named_before_training(tmp_path):
     (tmp_path / "train/cat/junk.jpg").write_text("not an image")  # an image suffix, no image
     with pytest.raises(ValueError, match=r"junk\.jpg"):
         load_dataset(f"folder:{tmp_path}", "train")
-    # A truncated file whose header is fine fails where it is decoded, naming the file.
+    # A truncated file whose header is fine fails at load, before any work, naming the file.
     data = (tmp_path / "train/cat/a.png").read_bytes()
     (tmp_path / "train/cat/junk.jpg").unlink()
-    (tmp_path / "train/cat/t.png").write_bytes(data[: len(data) - 20])
-    try:
-        images = load_dataset(f"folder:{tmp_path}", "train")
-    except ValueError as e:  # caught by the header check already: also fine
-        assert "t.png" in str(e)
-    else:
-        with pytest.raises(ValueError, match=r"t\.png"):
-            images.take([1])
+    (tmp_path / "train/cat/t.png").write_bytes(data[: len(data) // 2 + 8])  # IDAT cut short
+    with pytest.raises(ValueError, match=r"t\.png"):
+        load_dataset(f"folder:{tmp_path}", "train")
+
+
+def _jpeg(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, format="JPEG", quality=90)
+
+
+def _png16(path, array, color_type):
+    """A 16-bit PNG written by hand (greyscale: color_type 0; RGB, 48-bit: 2)."""
+    import struct
+    import zlib
+
+    h = array.shape[0]
+    raw = b"".join(b"\0" + array[i].astype(">u2").tobytes() for i in range(h))
+    chunk = lambda t, d: (struct.pack(">I", len(d)) + t + d
+                          + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(
+        ">IIBBBBB", array.shape[1], h, 16, color_type, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_sixteen_and_48_bit_images_are_scaled_not_clipped(tmp_path):
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 65536, (5, 6)).astype(np.uint16)
+    rgb = rng.integers(0, 65536, (5, 6, 3)).astype(np.uint16)
+    _png16(tmp_path / "train/a/grey.png", grey, 0)
+    _png16(tmp_path / "train/b/rgb.png", rgb, 2)
+    _png16(tmp_path / "test/a/g.png", grey, 0)
+    _png16(tmp_path / "test/b/r.png", rgb, 2)
+    got = load_dataset(f"folder:{tmp_path}", "train").take([0, 1])
+    want_grey = np.rint(grey.astype(np.float64) * 255 / 65535).astype(np.uint8)  # 65535 -> 255, linear
+    np.testing.assert_array_equal(got[0], np.repeat(want_grey[..., None], 3, -1))
+    assert np.abs(got[1].astype(int) - rgb / 257).max() <= 1  # the high byte: within 1 level
+    assert got[0].min() < 50  # not the all-white image a clip gives
+
+
+def test_folder_layout_rules_are_enforced_before_any_work(tmp_path, caplog):
+    """Every image decoded in full up front; an empty class, a class without test images and
+    a sub-folder are refused by name; hidden folders and other files are ignored, said once."""
+    img = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            _jpeg(tmp_path / split / cls / f"{cls}.jpg", img)
+    name = f"folder:{tmp_path}"
+    (tmp_path / "train/.ipynb_checkpoints").mkdir()
+    (tmp_path / "train/cat/.DS_Store").write_text("x")
+    with caplog.at_level("WARNING"):
+        assert load_dataset(name, "train").class_names == ("cat", "dog")
+    assert ".ipynb_checkpoints" in caplog.text and ".DS_Store" in caplog.text
+    cases = [("train/owl", r"class folder \S*train/owl holds no images"),
+             ("test_missing", r"\['cat'\] .* have no test images"),
+             ("train/cat/more", r"train/cat/more is a sub-folder")]
+    for where, message in cases:
+        if where == "test_missing":
+            (tmp_path / "test/cat/cat.jpg").unlink()
+            (tmp_path / "test/cat").rmdir()
+        else:
+            (tmp_path / where).mkdir()
+        with pytest.raises(ValueError, match=message):
+            load_dataset(name, "train")
+        if where == "test_missing":
+            _jpeg(tmp_path / "test/cat/cat.jpg", img)
+        else:
+            (tmp_path / where).rmdir()
+    # A truncated JPEG (its header intact) in the test split stops the train load.
+    data = (tmp_path / "test/dog/dog.jpg").read_bytes()
+    (tmp_path / "test/dog/dog.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"test/dog/dog\.jpg"):
+        load_dataset(name, "train")
+
+
+def test_the_full_decode_is_remembered_and_runs_in_workers(tmp_path, monkeypatch):
+    from mist_jax.data import decode_check
+
+    monkeypatch.setenv("MIST_JAX_CACHE", str(tmp_path / "cache"))
+    img = np.zeros((8, 8, 3), np.uint8)
+    for i in range(6):
+        _png(tmp_path / "d" / ("train" if i < 4 else "test") / f"c{i % 2}" / f"{i}.png", img)
+    name = f"folder:{tmp_path / 'd'}"
+    monkeypatch.setattr(decode_check, "PARALLEL_FROM", 2)  # worker processes
+    load_dataset(name, "train")
+    seen = []
+    monkeypatch.setattr(decode_check, "_problem", lambda f: seen.append(f))
+    monkeypatch.setattr(decode_check, "PARALLEL_FROM", 100)
+    load_dataset(name, "test")
+    assert seen == []  # every file known good by path, size and mtime
+    changed = tmp_path / "d/train/c0/0.png"
+    os.utime(changed, ns=(1, 1))
+    load_dataset(name, "train")
+    assert seen == [str(changed)]
 
 
 # ---------------------------------------------------------------- Stanford Cars manual_dir
