@@ -181,6 +181,17 @@ class NoLog:
         pass
 
 
+def finished_results(workdir: str | Path) -> dict | None:
+    """The workdir's results.json when it is there and readable, else None. A finished run
+    that is started again returns it unchanged: it keeps the config that produced its numbers
+    (a changed result-neutral key, e.g. ``learner.eval_batch_size``, is not recorded without
+    effect)."""
+    try:
+        return json.loads((Path(workdir) / "results.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def finish(workdir: str | Path, config, record: dict, timing: dict | None = None) -> dict:
     """Write results.json, acc_matrix.png, mask_coverage.png and accuracy_curve.png.
 

@@ -9,9 +9,8 @@ the run evaluates and checkpoints (docs/algorithm.md §1). ``Run._task`` is that
 All randomness of task t derives from seed sequences ``(config.seed, stream, t, ...)``
 (mist_jax/infra/seeds.py), and every loop stops only at step boundaries where the state is
 checkpointable (``infra.loop``), so a run resumed from any checkpoint ends bit-identical to an
-uninterrupted one on CPU. Scale-out (mist_jax/infra/sharding.py): everything runs on the
-``config.mesh`` device mesh; only process 0 writes results and logs, while every process
-takes part in the (collective) orbax checkpoints.
+uninterrupted one on CPU. Everything runs on the ``config.mesh`` device mesh (infra/sharding.py);
+process 0 writes results and logs, every process takes part in the orbax checkpoints.
 """
 
 from __future__ import annotations
@@ -112,7 +111,9 @@ class Run:
             purge += self._in_task.record["mist_steps"] + 1
         self.events = (outputs.EventLog(self.workdir, lines, purge_step=purge)
                        if self.writer else outputs.NoLog())
-        if self.writer:
+        self.finished = (outputs.finished_results(self.workdir) if self.writer and  # kept as is
+                         self.record["next_task"] == len(self.data.ranges) else None)
+        if self.writer and self.finished is None:
             outputs.write_json(self.workdir / "config.json", cfg.to_dict())
 
     # The run state's parts, as a notebook or a test reads them.
@@ -142,6 +143,9 @@ class Run:
                 self.mist_cache.close()
             if self._lock is not None:
                 self._lock.release()
+        if self.finished is not None:
+            logging.info("%s was finished: its results.json is kept as written.", self.workdir)
+            return self.finished
         if self.writer:
             return outputs.finish(self.workdir, self.cfg, self.record, timing=timing.summary(
                 self.record["tasks"], self.clock.end_checkpoints))
@@ -186,10 +190,9 @@ class Run:
     def _end_task(self, t: int, log: dict, row: list[float], top1: float, top5: float) -> None:
         """Record task t's results, log them and checkpoint the run state."""
         rec = self.record
-        rec["acc_matrix"].append(row)
-        rec["top1_curve"].append(top1)
-        rec["top5_curve"].append(top5)
-        rec["tasks"].append(log)
+        for key, value in (("acc_matrix", row), ("top1_curve", top1), ("top5_curve", top5),
+                           ("tasks", log)):
+            rec[key].append(value)
         rec["next_task"] = t + 1
         event = {k: v for k, v in log.items() if k not in _PER_TENSOR}
         self.events.write({"event": "task_end", **event}, step=(t + 1) * STEPS_PER_TASK - 1)
@@ -248,10 +251,7 @@ class Run:
     # ----------------------------------------------------------------- checkpoints
     def _tuned_arrays(self, before: Any) -> dict:
         """The learner phase's in-task arrays: the tuned run state (and ``before``)."""
-        arrays = self.state.arrays()
-        if before is not None:
-            arrays["before"] = before
-        return arrays
+        return dict(self.state.arrays(), **({} if before is None else {"before": before}))
 
     def _hook(self, t: int, t0: float, log: dict, arrays, mist_steps):
         """The ``at_boundary`` of task t's loops: every ``checkpoint_every_steps`` boundaries

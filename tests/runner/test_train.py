@@ -113,6 +113,12 @@ def test_workdir_with_another_configs_results_is_refused_even_without_checkpoint
 
     wd = tmp_path / "w"
     train.Run(smoke(), wd, progress=False).run()
+    # A finished run started again with a changed evaluation-only key keeps its results.json
+    # and config.json as written: the numbers came from the old value, so nothing records it.
+    kept = {n: (wd / n).read_bytes() for n in ("results.json", "config.json")}
+    again = train.Run(smoke(**{"learner.eval_batch_size": 7}), wd, progress=False).run()
+    assert {n: (wd / n).read_bytes() for n in kept} == kept
+    assert again == json.loads(kept["results.json"])
     shutil.rmtree(wd / "checkpoints")
     before = {p.name: p.read_bytes() for p in wd.iterdir() if p.is_file()}
     with pytest.raises(ValueError, match=r"different config \(mist\.select_rate: 0\.1 -> 0\.05"):
