@@ -71,6 +71,12 @@ def embedded_npz() -> Path:
 #: The AugReg ViT-B/16 ImageNet-21k file that timm 0.6.12 ``vit_base_patch16_224_in21k`` loads.
 AUGREG_B16_IN21K = "B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz"
 
+#: The AugReg ViT-B/16 file (ImageNet-21k pre-trained, ImageNet-1k fine-tuned) that timm 0.6.12
+#: ``vit_base_patch16_224`` loads: LAMDA-PILOT's backbone for L2P, DualPrompt, CODA-Prompt,
+#: APER, EASE and SLCA in its exps/*.json.
+AUGREG_B16_IN21K_FT_IN1K = ("B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0--"
+                            "imagenet2012-steps_20k-lr_0.01-res_224.npz")
+
 #: Named checkpoints users bring (no download at run time): name -> where to get the file.
 NAMED = {
     "vit_base_patch16_224_in21k": (
@@ -81,6 +87,13 @@ NAMED = {
         "huggingface.co/timm/vit_base_patch16_224.augreg_in21k. Not the 2020 "
         "gs://vit_models/imagenet21k/ViT-B_16.npz, a different pre-training (it loads, with a "
         "warning)"),
+    "vit_base_patch16_224": (
+        "timm 0.6.12 vit_base_patch16_224 (LAMDA-PILOT's JSONs for the prompt, adapter and slow "
+        "learners): the AugReg ViT-B/16 ImageNet-21k checkpoint fine-tuned on ImageNet-1k, "
+        f"{AUGREG_B16_IN21K_FT_IN1K} (`gsutil cp gs://vit_models/augreg/"
+        f"{AUGREG_B16_IN21K_FT_IN1K} .`), or the same weights as model.safetensors of "
+        "huggingface.co/timm/vit_base_patch16_224.augreg_in21k_ft_in1k (its classifier is not "
+        "used)"),
 }
 
 
@@ -88,8 +101,8 @@ NAMED = {
 ARCHITECTURES = {
     EMBEDDED: dict(width=384, depth=12, num_heads=6, mlp_dim=1536, patch_size=14,
                    layerscale=True),
-    "vit_base_patch16_224_in21k": dict(width=768, depth=12, num_heads=12, mlp_dim=3072,
-                                       patch_size=16),
+    **dict.fromkeys(("vit_base_patch16_224_in21k", "vit_base_patch16_224"), dict(
+        width=768, depth=12, num_heads=12, mlp_dim=3072, patch_size=16)),
 }
 
 

@@ -279,6 +279,28 @@ def test_named_backbone_is_the_augreg_file():
     text = NAMED["vit_base_patch16_224_in21k"]
     assert "gs://vit_models/augreg/B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz" in text
     assert "timm/vit_base_patch16_224.augreg_in21k" in text
+    ft = NAMED["vit_base_patch16_224"]  # LAMDA-PILOT's: timm 0.6.12's IN21k -> IN1k file
+    assert ("gs://vit_models/augreg/B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0"
+            "--imagenet2012-steps_20k-lr_0.01-res_224.npz") in ft
+    assert "timm/vit_base_patch16_224.augreg_in21k_ft_in1k" in ft
+
+
+def test_the_in1k_fine_tuned_name_loads_from_the_cache_dir(tmp_path, monkeypatch):
+    """A big_vision file with a 1000-class ImageNet-1k head, placed under its name, loads as
+    ``model.source = "vit_base_patch16_224"`` (the head is not used)."""
+    from mist_jax.models.pretrained import abstract_pretrained
+
+    monkeypatch.setenv("MIST_JAX_CACHE", str(tmp_path))
+    model, params = _init_tiny()
+    flat = dict(_big_vision_flat(params), **{"head/kernel": np.zeros((32, 1000), np.float32),
+                                              "head/bias": np.zeros(1000, np.float32)})
+    np.savez(tmp_path / "vit_base_patch16_224.npz", **flat)
+    _, loaded = load_pretrained("vit_base_patch16_224")
+    x = np.random.RandomState(0).rand(2, 32, 32, 3).astype(np.float32)
+    np.testing.assert_array_equal(model.apply({"params": params}, x),
+                                  model.apply({"params": loaded}, x))
+    big, shapes = abstract_pretrained("vit_base_patch16_224", 224)  # no file read: ViT-B/16
+    assert big.width == 768 and shapes["pos_embed"].shape == (1, 197, 768)
 
 
 def test_bad_sources_raise_clear_errors(tmp_path):
