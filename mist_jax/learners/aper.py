@@ -8,7 +8,7 @@ classifier (cross-entropy over the task's classes) on the frozen backbone:
 * ``adapter``: AdaptFormer bottleneck adapters in every block (``adapter_dim`` = r, the
   reference's ``ffn_num``; scale ``adapter_scale``), the branch fed with the block's MLP input
   before LayerNorm, as the reference ``vit_adapter`` (``ffn_option="parallel"``, no adapter
-  LayerNorm, scalar 0.1);
+  LayerNorm, scalar 0.1, dropout 0.1 after the ReLU while training: ``adapter_dropout``);
 * ``ssf``: SSF scales and shifts at every site (Lian et al. 2022), scale ~ N(1, 0.02), shift ~
   N(0, 0.02) as the reference initialises them;
 * ``vpt_shallow``: ``prompt_token_num`` prompt tokens after CLS (Jia et al. 2022), uniform in
@@ -88,6 +88,7 @@ class Aper(ImageLearner):
     module: str = "adapter"  # adapter | ssf | vpt_shallow | vpt_deep | finetune
     adapter_dim: int = 64  # the reference's ffn_num
     adapter_scale: float = 0.1
+    adapter_dropout: float = 0.1  # after the adapter's ReLU, training only (reference Adapter)
     prompt_token_num: int = 5  # VPT prompt tokens
     # The first task's loop: SGD with a per-epoch cosine (RevisitingCIL ``_init_train``).
     epochs: int = 5
@@ -101,6 +102,14 @@ class Aper(ImageLearner):
         if self.module not in MODULES:
             raise ValueError(f"learner.aper.module must be one of {MODULES}, got "
                              f"{self.module!r}.")
+        if not 0 <= self.adapter_dropout < 1:
+            raise ValueError(f"learner.aper.adapter_dropout must be in [0, 1) (the reference's "
+                             f"0.1), got {self.adapter_dropout}.")
+
+    @property
+    def needs_key(self) -> bool:
+        """The adapter module draws its dropout from a per-batch key."""
+        return self.module == "adapter" and self.adapter_dropout > 0
 
     def train_epochs(self, task_range) -> int:
         """``epochs`` on the first task (classes from 0), none afterwards."""
@@ -136,29 +145,32 @@ class Aper(ImageLearner):
                           "head": init_cosine_head(kh, feature_dim, self.num_classes)},
                          jnp.zeros((self.num_classes, 2 * feature_dim), jnp.float32))
 
-    def _extensions(self, module) -> Extensions:
+    def _extensions(self, module, key=None) -> Extensions:
         if self.module == "adapter":
             return Extensions(adapters=module, adapter_mode="parallel_residual",
-                              adapter_scale=self.adapter_scale)
+                              adapter_scale=self.adapter_scale,
+                              adapter_dropout=self.adapter_dropout, dropout_key=key)
         if self.module == "ssf":
             return Extensions(ssf=module)
         if self.module == "vpt_deep":
             return Extensions(deep_prompts=module)
         return Extensions(prompts=module)
 
-    def adapted(self, module, backbone, images: jax.Array) -> jax.Array:
-        """float32[B, D]: CLS features of the backbone with the module (phi_A)."""
+    def adapted(self, module, backbone, images: jax.Array, key=None) -> jax.Array:
+        """float32[B, D]: CLS features of the backbone with the module (phi_A); ``key``: the
+        adapter's training dropout (None: none)."""
         if self.module == "finetune":
             return self.model.apply({"params": jax.tree.map(jnp.add, backbone, module)},
                                     self.preprocess(images), tokens="cls")
         return self.model.apply({"params": backbone}, self.preprocess(images),
-                                ext=self._extensions(module), tokens="cls")
+                                ext=self._extensions(module, key), tokens="cls")
 
-    def loss(self, params, state, backbone, images, labels, task_range) -> jax.Array:
+    def loss(self, params, state, backbone, images, labels, task_range, key=None) -> jax.Array:
         """Cross-entropy of ``sigma * cos(phi_A(x), w_c)`` over the task's classes (with
-        ``finetune``, plus the zero-valued term whose gradient is ``wd * backbone``)."""
+        ``finetune``, plus the zero-valued term whose gradient is ``wd * backbone``); ``key``
+        draws the adapter's dropout."""
         del state
-        feats = self.adapted(params["module"], backbone, images)
+        feats = self.adapted(params["module"], backbone, images, key)
         loss = masked_cross_entropy(cosine_head_logits(params["head"], feats), labels,
                                     task_range)
         if self.module == "finetune":

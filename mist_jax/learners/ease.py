@@ -42,9 +42,9 @@ Defaults: ``exps/ease_inr_in21k.json`` (ImageNet-R, ViT-B/16-IN21k): ``ffn_num``
 library's choice for small streams, so that a run with MIST on the embedded default fits 15
 minutes on a 2-core CPU (the reference trains 20).
 
-Deviations: (1) no dropout (0.1 after the adapter's ReLU in the reference), since the training
-loop passes no random key; (2) the training head is a ``[C, D]`` cosine head whose logits
-outside the task's classes are masked (the reference's ``proxy_fc`` has only the task's rows:
+Dropout 0.1 after the adapter's ReLU while training (``adapter_dropout``, the reference
+``Adapter``), drawn from a per-batch key. Deviation: the training head is a ``[C, D]``
+cosine head whose logits outside the task's classes are masked (the reference's ``proxy_fc`` has only the task's rows:
 the same loss and gradients). ``use_diagonal``, ``use_old_data`` and ``moni_adam`` (reference
 ablations) are not implemented.
 
@@ -108,6 +108,7 @@ class Ease(ImageLearner):
     embeds: ClassVar[bool] = True
     adapter_dim: int = 64  # r, the reference's ffn_num
     adapter_scale: float = 0.1  # ffn_adapter_scalar
+    adapter_dropout: float = 0.1  # after the adapter's ReLU, training only (reference Adapter)
     alpha: float = 0.1  # inference reweighting of the other subspaces
     beta: float = 0.0
     use_init_ptm: bool = False  # also keep the pre-trained model's subspace
@@ -128,6 +129,14 @@ class Ease(ImageLearner):
         if self.learning_rate <= 0:
             raise ValueError(f"learner.ease.learning_rate must be > 0, got "
                              f"{self.learning_rate}.")
+        if not 0 <= self.adapter_dropout < 1:
+            raise ValueError(f"learner.ease.adapter_dropout must be in [0, 1) (the reference's "
+                             f"0.1), got {self.adapter_dropout}.")
+
+    @property
+    def needs_key(self) -> bool:
+        """The task's adapter draws its dropout from a per-batch key."""
+        return self.adapter_dropout > 0
 
     @property
     def num_subspaces(self) -> int:
@@ -173,19 +182,21 @@ class Ease(ImageLearner):
             class_task=jnp.full((self.num_classes,), -1, jnp.int32),
             num_done=jnp.zeros((), jnp.int32), key=raw)
 
-    def cls(self, backbone, x: jax.Array, adapter: dict | None) -> jax.Array:
+    def cls(self, backbone, x: jax.Array, adapter: dict | None, key=None) -> jax.Array:
         """float32[N, D] CLS features of preprocessed images x with one stacked ``adapter``
-        (``params["adapter"]`` layout; ``None``: the backbone alone)."""
+        (``params["adapter"]`` layout; ``None``: the backbone alone); ``key``: the adapter's
+        training dropout (None: none)."""
         ext = None if adapter is None else Extensions(
             adapters=unstack_adapter(adapter, self.model.depth), adapter_mode="parallel_residual",
-            adapter_scale=self.adapter_scale)
+            adapter_scale=self.adapter_scale, adapter_dropout=self.adapter_dropout,
+            dropout_key=key)
         return self.model.apply({"params": backbone}, x, ext=ext, tokens="cls")
 
-    def loss(self, params, state, backbone, images, labels, task_range) -> jax.Array:
+    def loss(self, params, state, backbone, images, labels, task_range, key=None) -> jax.Array:
         """Cross-entropy of ``sigma * cos(phi_t(x), w)`` over the task's classes
-        (the reference ``proxy_fc``), with the task's adapter only."""
+        (the reference ``proxy_fc``), with the task's adapter only (``key``: its dropout)."""
         del state
-        feats = self.cls(backbone, self.preprocess(images), params["adapter"])
+        feats = self.cls(backbone, self.preprocess(images), params["adapter"], key)
         return masked_cross_entropy(cosine_head_logits(params["head"], feats), labels, task_range)
 
     def subspace_features(self, state: EaseState, backbone, images: jax.Array) -> jax.Array:

@@ -48,6 +48,9 @@ class ImageLearner(Learner):
       -> float32[N, F]`` (pure, jit-able) runs on the task's training images with the test
       transform and ``fit_features(state, features, labels, task_range) -> state`` takes them
       (prototype classifiers: APER, EASE; SLCA's class statistics);
+    * ``needs_key`` (a property): each training batch also carries a PRNG key (seed sequence
+      ``(seed, "learner_dropout", task, epoch)`` folded with the batch index), passed as
+      ``loss(..., key=key)`` (APER / EASE adapter dropout);
     * ``trains_backbone``: the loop trains ``{"params": state.params, "backbone": backbone}``
       (``optimizer`` gets that tree; ``loss`` gets the backbone being trained) and hands the
       trained backbone back (``task.replace_backbone``: SLCA's slow learner). MIST, when
@@ -87,6 +90,11 @@ class ImageLearner(Learner):
         """Build from the config block plus the run's ``_RUN_FIELDS`` found in ``run``."""
         return cls(**{k: run[k] for k in _RUN_FIELDS if k in run}, **config.to_dict())
 
+    @property
+    def needs_key(self) -> bool:
+        """Whether ``loss`` takes a per-batch ``key`` (default: no)."""
+        return False
+
     def optimizer(self, steps_per_epoch: int) -> optax.GradientTransformation:
         """The per-task optimizer of ``params`` (default: ``optax.adam(learning_rate)``);
         ``steps_per_epoch`` (batches per epoch on the task) is there for per-epoch schedules."""
@@ -121,7 +129,8 @@ class ImageLearner(Learner):
         {"learner_loss_per_epoch": [...]})``."""
         state, losses, backbone = fit_on_images(
             self, state, task.backbone,
-            task.epoch_batches(self.batch_size, self.train_epochs(task.range)), task.range,
+            task.epoch_batches(self.batch_size, self.train_epochs(task.range),
+                               keyed=self.needs_key), task.range,
             at_boundary=task.at_boundary, resume=task.resume,
             steps_per_epoch=task.steps_per_epoch(self.batch_size))
         if self.trains_backbone:
@@ -150,7 +159,8 @@ class ImageLearner(Learner):
         args = (params, jax.eval_shape(tx.init, params), state,
                 None if self.trains_backbone else backbone,
                 jax.ShapeDtypeStruct((b, side, side, 3), images.dtype),
-                jax.ShapeDtypeStruct((b,), jnp.int32), jax.ShapeDtypeStruct((2,), jnp.int32))
+                jax.ShapeDtypeStruct((b,), jnp.int32), jax.ShapeDtypeStruct((2,), jnp.int32),
+                *([jax.eval_shape(lambda: jax.random.key(0))] if self.needs_key else []))
         test = (state, backbone, images)
         out = [Program(f"{self.name} training step", step, args, b, train_passes=self.epochs),
                Program(f"{self.name} logits", jax.jit(self.logits), test, images.shape[0],
@@ -217,11 +227,12 @@ def fit_on_images(learner: ImageLearner, state, backbone: PyTree,
     fixed = []  # (state, bounds), placed on the batches' mesh at the first step
 
     def train_step(carry, batch):
-        images, labels = batch
+        images, labels, *key = batch  # a key with ``needs_key``
         if not fixed:  # first step: everything on the batches' mesh
             carry, placed = _on_mesh_of(images, (carry, (state, bounds)))
             fixed.extend(placed)
-        params, opt_state, loss = step(*carry, fixed[0], frozen, images, labels, fixed[1])
+        params, opt_state, loss = step(*carry, fixed[0], frozen, images, labels, fixed[1],
+                                       *key)
         return (params, opt_state), loss, None
 
     run = (loop.LoopState(epoch=0, carry=carry) if resume is None else
@@ -261,14 +272,15 @@ def _build_step(learner: ImageLearner, steps_per_epoch: int
                 ) -> tuple[optax.GradientTransformation, Callable]:
     tx = learner.optimizer(steps_per_epoch)
 
-    def loss_fn(params, state, backbone, images, labels, bounds):
+    def loss_fn(params, state, backbone, images, labels, bounds, key):
         if learner.trains_backbone:
             params, backbone = params["params"], params["backbone"]
-        return learner.loss(params, state, backbone, images, labels, bounds)
+        extra = {"key": key} if key is not None else {}
+        return learner.loss(params, state, backbone, images, labels, bounds, **extra)
 
-    def step(params, opt_state, state, backbone, images, labels, bounds):
+    def step(params, opt_state, state, backbone, images, labels, bounds, key=None):
         loss, grads = jax.value_and_grad(loss_fn)(params, state, backbone, images, labels,
-                                                  bounds)
+                                                  bounds, key)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 

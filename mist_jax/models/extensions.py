@@ -42,8 +42,10 @@ class Extensions:
     """Learner parameters applied inside the ViT forward (module docstring for the shapes).
 
     Every array field is optional (``None``: that extension is off). ``adapter_mode`` (one of
-    ``ADAPTER_MODES``) and ``adapter_scale`` (the ``s`` of the adapter branch) are static
-    metadata, not pytree leaves, so they never receive gradients.
+    ``ADAPTER_MODES``), ``adapter_scale`` (the ``s`` of the adapter branch) and
+    ``adapter_dropout`` (the rate of dropout after the adapter's ReLU) are static metadata, not
+    pytree leaves, so they never receive gradients. ``dropout_key`` (a PRNG key; None: no
+    dropout, as at test time) draws that dropout, folded with the block index.
     """
 
     prompts: Array | None = None
@@ -53,6 +55,8 @@ class Extensions:
     ssf: dict | None = None
     adapter_mode: str = struct.field(pytree_node=False, default="parallel")
     adapter_scale: float = struct.field(pytree_node=False, default=1.0)
+    adapter_dropout: float = struct.field(pytree_node=False, default=0.0)
+    dropout_key: Array | None = None
 
 
 def ssf_sites(model) -> tuple[str, ...]:
@@ -123,11 +127,18 @@ def scale_shift(y: Array, p: dict | None) -> Array:
     return y * p["scale"].astype(y.dtype) + p["shift"].astype(y.dtype)
 
 
-def bottleneck(h: Array, p: dict) -> Array:
+def bottleneck(h: Array, p: dict, dropout: tuple[float, Array] | None = None) -> Array:
     """Adapter branch of AdaptFormer (Chen et al. 2022) and APER / EASE:
-    ``up(ReLU(down(h)))`` with float[..., D] -> float[..., D] in ``h``'s dtype."""
+    ``up(dropout(ReLU(down(h))))`` with float[..., D] -> float[..., D] in ``h``'s dtype.
+    ``dropout = (rate, key)``: inverted dropout of the bottleneck activations (each kept with
+    probability 1 - rate and scaled by 1 / (1 - rate), torch ``F.dropout`` in training, as the
+    reference ``Adapter``); None: none (test time)."""
     dt = h.dtype
     h = jax.nn.relu(h @ p["down"]["kernel"].astype(dt) + p["down"]["bias"].astype(dt))
+    if dropout is not None and dropout[0] > 0:
+        rate, key = dropout
+        keep = jax.random.bernoulli(key, 1.0 - rate, h.shape)
+        h = jnp.where(keep, h / (1.0 - rate), 0).astype(dt)
     return h @ p["up"]["kernel"].astype(dt) + p["up"]["bias"].astype(dt)
 
 

@@ -37,6 +37,7 @@ import functools
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from mist_jax.models.extensions import (
@@ -124,7 +125,8 @@ class EncoderBlock(nn.Module):
 
     Call: ``(x float[N, L, D], prefix, adapter, ssf) -> float[N, L, D]`` with this block's
     prefix ``(key, value)``, adapter ``{"down", "up"}`` and SSF ``{site: {"scale", "shift"}}``
-    (``extensions.BLOCK_SITES``), each optional. The adapter branch ``A = up(ReLU(down(.)))``
+    (``extensions.BLOCK_SITES``), each optional, and ``dropout_key`` for the adapter's dropout
+    at rate ``adapter_dropout`` (training only; None: none). The adapter branch ``A = up(ReLU(down(.)))``
     joins the MLP branch after LS2, scaled by ``adapter_scale`` (s): ``"parallel"`` adds
     ``s * A(LN2(x))`` (AdaptFormer, Chen et al. 2022), ``"parallel_residual"`` adds
     ``s * A(x)`` (the APER / EASE code: AdaptFormer's adapter without its LayerNorm),
@@ -140,9 +142,10 @@ class EncoderBlock(nn.Module):
     param_dtype: Dtype = jnp.float32
     adapter_mode: str = "parallel"
     adapter_scale: float = 1.0
+    adapter_dropout: float = 0.0
 
     @nn.compact
-    def __call__(self, x, prefix=None, adapter=None, ssf=None):
+    def __call__(self, x, prefix=None, adapter=None, ssf=None, dropout_key=None):
         ssf = ssf or {}
         norm = lambda name, t: scale_shift(nn.LayerNorm(
             epsilon=self.layernorm_epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
@@ -161,7 +164,8 @@ class EncoderBlock(nn.Module):
             y = LayerScale(param_dtype=self.param_dtype, name="ls2")(y)
         if adapter is not None:
             source = {"parallel": h, "parallel_residual": x, "sequential": y}[self.adapter_mode]
-            y = y + self.adapter_scale * bottleneck(source, adapter)
+            dropout = None if dropout_key is None else (self.adapter_dropout, dropout_key)
+            y = y + self.adapter_scale * bottleneck(source, adapter, dropout)
         return x + y
 
 
@@ -250,8 +254,9 @@ class ViT(nn.Module):
                 x = jnp.concatenate([x, jnp.broadcast_to(deep, (n,) + deep.shape)], axis=1)
             x = block(self.num_heads, self.mlp_dim, self.layerscale, self.layernorm_epsilon,
                       self.gelu_approximate, self.dtype, self.param_dtype, ext.adapter_mode,
-                      ext.adapter_scale, name=f"encoderblock_{i}")(
-                x, (ext.prefix or {}).get(i), (ext.adapters or {}).get(i), block_ssf(ext, i))
+                      ext.adapter_scale, ext.adapter_dropout, name=f"encoderblock_{i}")(
+                x, (ext.prefix or {}).get(i), (ext.adapters or {}).get(i), block_ssf(ext, i),
+                None if ext.dropout_key is None else jax.random.fold_in(ext.dropout_key, i))
             if ext.deep_prompts is not None:
                 x = x[:, :x.shape[1] - ext.deep_prompts.shape[1]]
         x = nn.LayerNorm(epsilon=self.layernorm_epsilon, dtype=self.dtype,

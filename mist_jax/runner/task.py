@@ -11,7 +11,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from mist_jax.infra import loop
+from mist_jax.infra import loop, seeds
 
 
 @dataclasses.dataclass
@@ -56,13 +56,15 @@ class TaskView:
     def steps_per_epoch(self, batch_size: int) -> int:
         return -(-len(self.idx) // batch_size)
 
-    def epoch_batches(self, batch_size: int, epochs: int) -> Callable:
-        """``(epoch, start) -> batches`` of (images, labels) on the mesh for epochs 0 ..
-        ``epochs`` - 1: shuffled, train transform, the learner's own seed streams."""
+    def epoch_batches(self, batch_size: int, epochs: int, keyed: bool = False) -> Callable:
+        """``(epoch, start) -> batches`` of (images, labels[, key]) on the mesh for epochs 0 ..
+        ``epochs`` - 1: shuffled, train transform, the learner's own seed streams; ``keyed``:
+        batch b of epoch e also carries ``fold_in(key(seed, "learner_dropout", t, e), b)``."""
         run, t = self.run, self.index
+        keys = (lambda e: seeds.key(run.cfg.seed, "learner_dropout", t, e)) if keyed else None
         return run.inputs.epochs(run.data.train, self.idx, self.labels, batch_size, "learner_",
-                                 t, epochs, desc=lambda e: f"task {t} {run.learner.name} epoch "
-                                                           f"{e + 1}")
+                                 t, epochs, keys=keys, desc=lambda e: f"task {t} "
+                                 f"{run.learner.name} epoch {e + 1}")
 
     def replace_backbone(self, backbone: Any) -> None:
         """Keep the backbone a learner trained (SLCA's slow learner) for the rest of the run."""

@@ -176,3 +176,51 @@ def test_aper_without_mist_keeps_the_backbone_and_module_after_task_0(tmp_path, 
                           (module0, run.learner_state.params)):
         same = jax.tree.map(np.array_equal, before, jax.device_get(after))
         assert all(jax.tree.leaves(same))
+
+
+def test_adapter_dropout_is_inverted_dropout_of_the_bottleneck_in_training_only():
+    """The reference Adapter's F.dropout(p=0.1) after the ReLU: with an identity
+    up-projection each output is either 0 or the activation / (1 - p); about p of them are
+    dropped; no key (test time) leaves the branch as it is."""
+    rng = np.random.default_rng(0)
+    d, p = 64, 0.1
+    x = jnp.asarray(rng.normal(size=(32, 10, d)), jnp.float32)
+    down = {"kernel": jnp.asarray(rng.normal(size=(d, d)) / 8, jnp.float32),
+            "bias": jnp.zeros(d)}
+    adapter = {"down": down, "up": {"kernel": jnp.eye(d), "bias": jnp.zeros(d)}}
+    h = np.maximum(np.asarray(x) @ np.asarray(down["kernel"]), 0)  # ReLU(down(x)), by hand
+    np.testing.assert_allclose(np.asarray(extensions.bottleneck(x, adapter)), h, rtol=1e-5,
+                               atol=1e-6)
+    out = np.asarray(extensions.bottleneck(x, adapter, (p, jax.random.key(3))))
+    active = h > 1e-3
+    kept = np.isclose(out, h / (1 - p), rtol=1e-5, atol=1e-6)
+    assert np.all(kept | (out == 0))
+    dropped = np.mean(out[active] == 0)
+    assert abs(dropped - p) < 0.01  # ~10,000 active units: 3 sd is 0.009
+    other = np.asarray(extensions.bottleneck(x, adapter, (p, jax.random.key(4))))
+    assert not np.array_equal(out, other)
+
+
+def test_aper_and_ease_draw_dropout_only_with_a_key():
+    from mist_jax.learners.ease import Ease
+
+    learner, model, images, backbone = _tiny("adapter", adapter_scale=3.0)  # a visible branch
+    assert learner.adapter_dropout == 0.1 and learner.needs_key
+    assert not _tiny("ssf")[0].needs_key and not _tiny(adapter_dropout=0.0)[0].needs_key
+    state = learner.init(jax.random.key(2), model.width)
+    module = jax.tree.map(lambda a: a + 0.3, state.params["module"])  # a non-zero branch
+    params = dict(state.params, module=module)
+    labels, bounds = jnp.asarray([0, 1, 0]), jnp.asarray([0, 2])
+    feats = [np.asarray(learner.adapted(module, backbone, images, key)) for key in
+             (None, jax.random.key(5), jax.random.key(5), jax.random.key(6))]
+    assert np.array_equal(feats[1], feats[2])  # the same key, the same draw
+    assert not np.array_equal(feats[0], feats[1]) and not np.array_equal(feats[1], feats[3])
+    np.testing.assert_array_equal(feats[0], np.asarray(learner.embed(state.replace(
+        params=params), backbone, images))[:, model.width:])  # test time: no dropout
+    grad = lambda key: jax.grad(learner.loss)(params, state, backbone, images, labels, bounds,
+                                              key=key)["module"][0]["down"]["kernel"]
+    assert not np.array_equal(np.asarray(grad(None)), np.asarray(grad(jax.random.key(5))))
+    ease = Ease(model=model, preprocess=lambda x: x, num_classes=6, num_tasks=3, adapter_dim=4)
+    assert ease.adapter_dropout == 0.1 and ease.needs_key
+    with pytest.raises(ValueError, match="adapter_dropout must be in"):
+        Ease(model=model, preprocess=lambda x: x, num_classes=6, num_tasks=3, adapter_dropout=1.0)
