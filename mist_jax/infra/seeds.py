@@ -26,6 +26,7 @@ STREAMS: tuple[str, ...] = (
     "backbone",   # the init of a random (not pre-trained) backbone
     "learner_order",      # batch order of an image learner's (task, epoch)
     "learner_transform",  # train-transform draw of an image learner's (task, epoch, position)
+    "learner_dropout",    # an image learner's dropout of (task, epoch, batch)
 )
 
 
