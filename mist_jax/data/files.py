@@ -12,7 +12,7 @@ from absl import logging
 
 from mist_jax.data import decode_check
 from mist_jax.data.decode_check import decode_rgb
-from mist_jax.data.image_set import ImageSet, LazyImages
+from mist_jax.data.image_set import ImageSet, LazyImages, files_stamp
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -105,7 +105,7 @@ def load_folder(name: str, split: str) -> ImageSet:
     labels = [label for label, c in enumerate(classes) for _ in per_split[split][c]]
     ids = tuple(Path(p).relative_to(root).as_posix() for p in paths)
     return ImageSet(_FileImages(paths), np.asarray(labels, np.int64), len(classes),
-                    tuple(classes), name, ids)
+                    tuple(classes), name, ids, files_stamp(paths))
 
 
 def load_cars196_manual(root: Path, split: str) -> ImageSet:
@@ -128,4 +128,5 @@ def load_cars196_manual(root: Path, split: str) -> ImageSet:
     paths = [os.fspath(image_dir / str(r["fname"])) for r in records]
     labels = np.asarray([int(r["class"]) - 1 for r in records], np.int64)  # 1-based in the files
     ids = tuple(f"{image_dir.name}/{r['fname']}" for r in records)
-    return ImageSet(_FileImages(paths), labels, len(class_names), class_names, "cars196", ids)
+    return ImageSet(_FileImages(paths), labels, len(class_names), class_names, "cars196", ids,
+                    files_stamp(paths))

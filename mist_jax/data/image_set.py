@@ -4,7 +4,9 @@ images are a numpy array or a ``LazyImages`` sequence decoded on demand."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import hashlib
+import os
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,6 +46,8 @@ class ImageSet:
       name: dataset name as given to ``load_dataset``.
       ids: N identifiers another copy of the data set gives the same images (a file's path
         below the folder root, or ``"<TFDS split>/<record>"``); None: ``"<i>"`` positions.
+      stamp: ``files_stamp`` of the files the images are read from ("" for arrays built in
+        memory): it changes when a file is replaced, even under the same name.
     """
 
     images: Any
@@ -52,6 +56,7 @@ class ImageSet:
     class_names: tuple[str, ...]
     name: str = ""
     ids: tuple[str, ...] | None = None
+    stamp: str = ""
 
     def __post_init__(self):
         if len(self.images) != len(self.labels):
@@ -76,3 +81,17 @@ class ImageSet:
         if isinstance(self.images, np.ndarray):
             return self.images[indices]
         return self.images.take(indices)
+
+
+def files_stamp(paths: Iterable[str | os.PathLike]) -> str:
+    """SHA-256 (hex) of each file's absolute path, size and modification time (ns), in sorted
+    path order: what a cache of results computed from these files is keyed by.
+
+    Raises:
+      OSError: a file cannot be stat'ed (it vanished since it was listed).
+    """
+    h = hashlib.sha256()
+    for path in sorted(os.path.abspath(p) for p in paths):
+        st = os.stat(path)
+        h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()

@@ -34,7 +34,7 @@ import tensorflow_datasets as tfds
 
 from mist_jax.data import files
 from mist_jax.data.builders.embedded import EMBEDDED, prepare
-from mist_jax.data.image_set import ImageSet, LazyImages
+from mist_jax.data.image_set import ImageSet, LazyImages, files_stamp
 from mist_jax.infra import paths
 from mist_jax.data.splits import DEFAULT_ORDER_SEED, per_class_split
 
@@ -204,7 +204,8 @@ def _load_tfds(builder, name: str, split: str, split_seed: int,
     else:
         images = _TfdsImages(source, rows, image_key, name, folder)
     ids = tuple(f"{source_split}/{r}" for r in rows)
-    return ImageSet(images, labels, len(names), names, name, ids)
+    shards = [os.path.join(folder, f) for f in os.listdir(folder)]
+    return ImageSet(images, labels, len(names), names, name, ids, files_stamp(shards))
 
 
 def _iterate(source):

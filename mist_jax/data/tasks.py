@@ -33,6 +33,11 @@ class TaskData:
     def num_classes(self) -> int:
         return self.train.num_classes
 
+    @property
+    def stamp(self) -> str:
+        """Both splits' ``ImageSet.stamp`` (what the files are: paths, sizes, mtimes)."""
+        return f"{self.train.stamp}:{self.test.stamp}"
+
     def task(self, t: int) -> tuple[np.ndarray, np.ndarray]:
         """Task t's training images: (int64 indices into ``train``, their remapped labels)."""
         pos = splits.task_indices(self.train_labels, self.ranges[t])

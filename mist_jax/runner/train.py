@@ -93,10 +93,10 @@ class Run:
         self.tuner = (None if self.tuning is None else
                       build_tuner(mist_cfg, self.model, self.preprocess, params, self.mesh,
                                   out_dim))
-        # MIST's per-task result, shared with runs that start the task from the same state.
-        # Keyed by the images too: a changed copy of the data set never reuses a stale tuning.
-        self.mist_cache = (tuning_cache.TunedBackboneCache(
-            cfg.mist.cache_dir, dict(cfg.to_dict(), split_digest=split["digest"]))
+        # MIST's per-task result, shared with runs that start the task from the same state; keyed
+        # by the split and the files' stamps too: a changed file never reuses a stale tuning.
+        self.mist_cache = (tuning_cache.TunedBackboneCache(cfg.mist.cache_dir, dict(
+            cfg.to_dict(), split_digest=split["digest"], files=self.data.stamp))
             if cfg.mist.cache_dir and self.tuner is not None else None)
         self.evaluator = Evaluator(self.data, self.model, self.preprocess, self.inputs, params,
                                    cfg.learner.eval_batch_size)

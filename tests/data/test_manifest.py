@@ -98,3 +98,23 @@ def test_tuning_cache_is_not_reused_after_the_data_changed(tmp_path):
     (root / "train" / "class_0" / "img_1.png").rename(root / "train" / "class_0" / "img_9.png")
     changed = train.Run(cfg, tmp_path / "c", progress=False).run()
     assert "mist_reused_seconds" not in changed["tasks"][0]
+
+
+def test_tuning_cache_is_not_reused_after_a_file_was_replaced_under_its_name(tmp_path):
+    """The split's ids stay the same when an image is overwritten in place; the cache is keyed
+    by the files' sizes and modification times too, so the run tunes again."""
+    import os
+
+    root = _folder(tmp_path / "data")
+    cfg = _cfg(root)
+    with cfg.unlocked():
+        cfg.mist.cache_dir = str(tmp_path / "cache")
+        cfg.data.increment, cfg.data.init_cls = 4, 4
+    train.Run(cfg, tmp_path / "a", progress=False).run()
+    target = root / "train" / "class_2" / "img_0.png"
+    before = json.loads((tmp_path / "a" / manifest.FILENAME).read_text())["digest"]
+    Image.fromarray(np.full((16, 16, 3), 7, np.uint8)).save(target)
+    os.utime(target, ns=(1, 10**9))  # a different mtime whatever the clock's resolution
+    changed = train.Run(cfg, tmp_path / "b", progress=False).run()
+    assert json.loads((tmp_path / "b" / manifest.FILENAME).read_text())["digest"] == before
+    assert "mist_reused_seconds" not in changed["tasks"][0]
