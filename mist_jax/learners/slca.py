@@ -48,6 +48,9 @@ as it is). This matters: the features then have norm ~sqrt(D) (19.6 for ViT-S) i
 pre-trained norm's (39.6 for the embedded DINOv2 ViT-S/14 at 56 px), and at the reference's head
 rate of 0.01 the larger features made the slow learner diverge on its first task (epoch-mean
 loss 4.6 for 5 classes, task-0 accuracy 53.8% vs 70.6% with the fresh norm; one seed).
+LAMDA-PILOT's port (``models/slca.py`` on timm's ``vit_base_patch16_224``) keeps the
+pre-trained norm and trains it with the backbone: ``fresh_norm=False`` (``params["norm"]`` is
+then unused and left as it is).
 
 Deviations: the LayerNorm epsilon is the model's (1e-6) rather than torch's default 1e-5; the
 reference's ``t_c = c // task_size`` assumes equal tasks; here t_c is the
@@ -120,7 +123,8 @@ class Slca(ImageLearner):
     ``bcb_lrscale`` (backbone rate = learning_rate * bcb_lrscale; 0 freezes it),
     ``milestones`` (epochs from which the rates are multiplied by one more ``lr_decay``),
     ``momentum``, ``weight_decay``, ``ca_epochs`` (0: no alignment), ``ca_with_logit_norm``
-    (tau; 0: plain CE), ``num_sampled_pcls``, ``cov_reg``, and the loop's ``epochs``,
+    (tau; 0: plain CE), ``num_sampled_pcls``, ``cov_reg``, ``fresh_norm`` (True: GengDavid/SLCA's
+    fresh final LayerNorm; False: LAMDA-PILOT's pre-trained one), and the loop's ``epochs``,
     ``batch_size``."""
 
     name: ClassVar[str] = "slca"
@@ -138,6 +142,7 @@ class Slca(ImageLearner):
     ca_with_logit_norm: float = 0.1
     num_sampled_pcls: int = 256
     cov_reg: float = 1e-4
+    fresh_norm: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "milestones", tuple(self.milestones))  # hashable (a list)
@@ -191,13 +196,15 @@ class Slca(ImageLearner):
 
     def embed(self, state: SlcaState, backbone, images: jax.Array) -> jax.Array:
         """float32[N, D] CLS features of images float32[N, S, S, 3] (not yet preprocessed),
-        through SLCA's final norm ``state.params["norm"]``."""
-        return self._features(state.params["norm"], backbone, images)
+        through SLCA's final norm ``state.params["norm"]`` (``fresh_norm``) or the backbone's."""
+        return self._features(state.params, backbone, images)
 
-    def _features(self, norm: dict, backbone, images: jax.Array) -> jax.Array:
-        """The backbone's CLS token with ``norm`` in place of its ``encoder_norm``."""
-        return self.model.apply({"params": {**backbone, "encoder_norm": norm}},
-                                self.preprocess(images), tokens="cls")
+    def _features(self, params: dict, backbone, images: jax.Array) -> jax.Array:
+        """The backbone's CLS token, with ``params["norm"]`` in place of its ``encoder_norm``
+        when ``fresh_norm``."""
+        if self.fresh_norm:
+            backbone = {**backbone, "encoder_norm": params["norm"]}
+        return self.model.apply({"params": backbone}, self.preprocess(images), tokens="cls")
 
     def logits(self, state: SlcaState, backbone, images: jax.Array) -> jax.Array:
         """float32[N, C]: CLS feature @ aligned kernel + bias."""
@@ -206,16 +213,16 @@ class Slca(ImageLearner):
 
     def loss(self, params, state, backbone, images, labels, task_range) -> jax.Array:
         """Slow-learner loss: cross-entropy over the task's classes (reference ``_run``) plus
-        the zero-valued weight-decay term of the backbone (its unused ``encoder_norm``
-        excepted), SLCA's norm and the task's head columns."""
+        the zero-valued weight-decay term of the backbone, the final norm in use (SLCA's or,
+        without ``fresh_norm``, the backbone's) and the task's head columns."""
         head = params["head"]
-        logits = self._features(params["norm"], backbone, images) @ head["kernel"] + head["bias"]
+        logits = self._features(params, backbone, images) @ head["kernel"] + head["bias"]
         classes = jnp.arange(logits.shape[-1])
         in_task = ((classes >= task_range[0]) & (classes < task_range[1])).astype(jnp.float32)
         task_head = {"kernel": head["kernel"] * in_task, "bias": head["bias"] * in_task}
-        used = {k: v for k, v in backbone.items() if k != "encoder_norm"}
+        used = ({**backbone, "encoder_norm": params["norm"]} if self.fresh_norm else backbone)
         return (masked_cross_entropy(logits, labels, task_range)
-                + decay_term((used, params["norm"], task_head), self.weight_decay))
+                + decay_term((used, task_head), self.weight_decay))
 
     def fit_features(self, state: SlcaState, features, labels, task_range) -> SlcaState:
         """Store the statistics of the task's classes, then (from the second task on, when

@@ -132,6 +132,41 @@ def test_one_step_moves_the_backbone_slowly_and_only_the_task_head():
     np.testing.assert_allclose(float(loss), float(jax.jit(ce)(params)), rtol=1e-6)
 
 
+def test_lamda_pilot_variant_trains_the_pretrained_norm_with_the_backbone():
+    """fresh_norm=False (LAMDA-PILOT's port): the features are the backbone's own CLS output
+    (pre-trained final norm), and one SGD step moves that norm at the slow rate with coupled
+    decay, as every other backbone weight; SLCA's own norm is left as it is."""
+    learner, model = _tiny(learning_rate=0.1, bcb_lrscale=0.01, weight_decay=0.05,
+                           fresh_norm=False)
+    images = jax.random.uniform(jax.random.key(0), (4, 8, 8, 3))
+    backbone = jax.jit(model.init)(jax.random.key(1), images)["params"]
+    backbone["encoder_norm"] = {"scale": 2 + jax.random.uniform(jax.random.key(3), (16,)),
+                                "bias": jax.random.normal(jax.random.key(4), (16,))}
+    state = learner.init(jax.random.key(2), model.width)
+    labels, task = jnp.array([0, 1, 1, 0]), jnp.array([0, 2])
+    params = {"params": state.params, "backbone": backbone}
+    np.testing.assert_allclose(
+        learner.embed(state, backbone, images),
+        model.apply({"params": backbone}, images, tokens="cls"), rtol=1e-6)
+
+    def ce(p):  # written out: the pre-trained norm, the task's two columns
+        x = model.apply({"params": p["backbone"]}, images, tokens="cls")
+        z = (x @ p["params"]["head"]["kernel"] + p["params"]["head"]["bias"])[:, 0:2]
+        return jnp.mean(jax.nn.logsumexp(z, -1) - z[jnp.arange(4), labels])
+
+    tx = learner.optimizer(steps_per_epoch=3)
+    grads = jax.grad(lambda q: learner.loss(q["params"], state, q["backbone"], images,
+                                            labels, task))(params)
+    new = optax.apply_updates(params, tx.update(grads, tx.init(params), params)[0])
+    g = jax.grad(ce)(params)["backbone"]["encoder_norm"]
+    assert float(jnp.abs(g["scale"]).max()) > 0
+    for key in ("scale", "bias"):
+        w = backbone["encoder_norm"][key]
+        np.testing.assert_allclose(new["backbone"]["encoder_norm"][key],
+                                   w - 0.1 * 0.01 * (g[key] + 0.05 * w), rtol=1e-5, atol=1e-7)
+        np.testing.assert_array_equal(new["params"]["norm"][key], state.params["norm"][key])
+
+
 def test_milestones_decay_both_learning_rates_per_epoch():
     learner, _ = _tiny(learning_rate=1.0, bcb_lrscale=0.01, momentum=0.0, milestones=(1, 2),
                        lr_decay=0.5)
