@@ -59,7 +59,7 @@ from mist_jax.mist.inner import torch_sgd
 from mist_jax.learners.prompting import cosine_head_logits, init_cosine_head
 from mist_jax.mist.objectives import masked_cross_entropy
 from mist_jax.learners.simplecil import class_means, cosine_logits
-from mist_jax.models.extensions import Extensions, init_adapters, init_ssf
+from mist_jax.models.extensions import Extensions, check_dropout, init_adapters, init_ssf
 
 MODULES = ("adapter", "ssf", "vpt_shallow", "vpt_deep", "finetune")
 
@@ -102,9 +102,7 @@ class Aper(ImageLearner):
         if self.module not in MODULES:
             raise ValueError(f"learner.aper.module must be one of {MODULES}, got "
                              f"{self.module!r}.")
-        if not 0 <= self.adapter_dropout < 1:
-            raise ValueError(f"learner.aper.adapter_dropout must be in [0, 1) (the reference's "
-                             f"0.1), got {self.adapter_dropout}.")
+        check_dropout("learner.aper.adapter_dropout", self.adapter_dropout)
 
     @property
     def needs_key(self) -> bool:

@@ -72,7 +72,7 @@ from mist_jax.learners.simplecil import class_means
 from mist_jax.learners.subspaces import complement_prototypes, reweighted_logits, unstack_adapter
 from mist_jax.mist.inner import torch_sgd
 from mist_jax.mist.objectives import masked_cross_entropy
-from mist_jax.models.extensions import Extensions, init_adapters
+from mist_jax.models.extensions import Extensions, check_dropout, init_adapters
 
 
 @struct.dataclass
@@ -129,9 +129,7 @@ class Ease(ImageLearner):
         if self.learning_rate <= 0:
             raise ValueError(f"learner.ease.learning_rate must be > 0, got "
                              f"{self.learning_rate}.")
-        if not 0 <= self.adapter_dropout < 1:
-            raise ValueError(f"learner.ease.adapter_dropout must be in [0, 1) (the reference's "
-                             f"0.1), got {self.adapter_dropout}.")
+        check_dropout("learner.ease.adapter_dropout", self.adapter_dropout)
 
     @property
     def needs_key(self) -> bool:

@@ -142,6 +142,13 @@ def bottleneck(h: Array, p: dict, dropout: tuple[float, Array] | None = None) ->
     return h @ p["up"]["kernel"].astype(dt) + p["up"]["bias"].astype(dt)
 
 
+def check_dropout(key: str, rate: float) -> None:
+    """Raises ValueError naming the config ``key`` unless the adapter dropout ``rate`` is in
+    [0, 1) (the references' ``Adapter(dropout=0.1)``)."""
+    if not 0 <= rate < 1:
+        raise ValueError(f"{key} must be in [0, 1) (the reference's 0.1), got {rate}.")
+
+
 def prefix_heads(t: Array, n: int, heads: int, dtype) -> Array:
     """A prefix key or value float[Lp, D] / [B, Lp, D] / [B, Lp, H, hd] as float[N, Lp, H, hd]
     in ``dtype`` (``B`` of 1 broadcast to ``n``), the layout of DualPrompt's head-split
