@@ -193,7 +193,8 @@ def finished_results(workdir: str | Path) -> dict | None:
 
 
 def finish(workdir: str | Path, config, record: dict, timing: dict | None = None) -> dict:
-    """Write results.json, acc_matrix.png, mask_coverage.png and accuracy_curve.png.
+    """Write acc_matrix.png, mask_coverage.png, accuracy_curve.png and, last (it marks the run
+    finished: a run killed before it is finished again in full), results.json.
 
     Returns the results dict: the metrics of docs/benchmarks.md (percent) under their exact
     names, the per-task log, the class order, the backbone's provenance
@@ -206,10 +207,10 @@ def finish(workdir: str | Path, config, record: dict, timing: dict | None = None
                    backbone=record.get("backbone"), config=config.to_dict(), versions=versions())
     if timing is not None:
         results["timing"] = timing
-    write_json(workdir / "results.json", results)
     plot_acc_matrix(record["acc_matrix"], workdir / "acc_matrix.png")
     plot_mask_coverage(record["tasks"], workdir / "mask_coverage.png")
     plot_accuracy_curves({workdir.name: record["top1_curve"]}, workdir / "accuracy_curve.png")
+    write_json(workdir / "results.json", results)
     return results
 
 
