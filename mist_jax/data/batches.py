@@ -31,7 +31,8 @@ class BatchMaker:
     Attributes: images (an ``ImageSet``), idx / labels (int[N]), batch (global size),
     transform (a ``transforms`` transform), order (int[N] positions -> rows of idx),
     transform_seq (None: the deterministic test transform on the whole batch), rows (global
-    size -> slice of this process's rows).
+    size -> slice of this process's rows), drop_last (leave out the last partial batch, as
+    torch's ``DataLoader(drop_last=True)``: the images at its shuffled positions skip the pass).
     """
 
     images: Any
@@ -42,8 +43,11 @@ class BatchMaker:
     order: np.ndarray
     transform_seq: tuple[int, ...] | None
     rows: dict[int, slice]
+    drop_last: bool = False
 
     def __len__(self) -> int:
+        if self.drop_last:
+            return len(self.idx) // self.batch
         return -(-len(self.idx) // self.batch)
 
     def __call__(self, b: int) -> tuple[int, tuple[np.ndarray, np.ndarray]]:
@@ -64,23 +68,29 @@ class BatchMaker:
 def batch_maker(images, idx: np.ndarray, labels: np.ndarray, batch: int, transform,
                 order_seq: tuple[int, ...] | None = None,
                 transform_seq: tuple[int, ...] | None = None,
-                local_rows: Rows = lambda n: slice(0, n)) -> BatchMaker:
-    """The ``BatchMaker`` of a pass (arguments as ``host_batches``).
+                local_rows: Rows = lambda n: slice(0, n), drop_last: bool = False
+                ) -> BatchMaker:
+    """The ``BatchMaker`` of a pass (arguments as ``host_batches``); ``drop_last``: only
+    full batches (``BatchMaker.drop_last``).
 
     Raises:
-      ValueError: batch < 1, or only one of the two seed sequences.
+      ValueError: batch < 1, only one of the two seed sequences, or ``drop_last`` with fewer
+        images than one batch (the pass would have no step).
     """
     if batch < 1:
         raise ValueError(f"batch size must be >= 1, got {batch}.")
     if (order_seq is None) != (transform_seq is None):
         raise ValueError("Give both order_seq and transform_seq (train) or neither (test).")
     n = len(idx)
+    if drop_last and n < batch:
+        raise ValueError(f"drop_last with {n} images and batch size {batch} leaves no batch: "
+                         "lower the learner's batch_size or set its drop_last to False.")
     order = (np.random.default_rng(order_seq).permutation(n) if order_seq is not None
              else np.arange(n))
-    sizes = {batch} | ({n % batch} if n % batch else set())
+    sizes = {batch} | ({n % batch} if n % batch and not drop_last else set())
     return BatchMaker(images, np.asarray(idx), np.asarray(labels), batch, transform, order,
                       None if transform_seq is None else tuple(transform_seq),
-                      {size: local_rows(size) for size in sizes})
+                      {size: local_rows(size) for size in sizes}, drop_last)
 
 
 def host_batches(images, idx: np.ndarray, labels: np.ndarray, batch: int, transform,

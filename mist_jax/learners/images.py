@@ -57,9 +57,10 @@ class ImageLearner(Learner):
       enabled, still tunes the backbone before the learner on every task.
 
     Fields: ``epochs`` and ``batch_size`` of the per-task loop, ``learning_rate`` of the
-    default optimizer (optax.adam), and the run's ``num_classes``, ``num_tasks`` (0: not
-    known), ViT ``model`` and pixel ``preprocess`` (passed by ``from_config``; not config
-    keys).
+    default optimizer (optax.adam), ``drop_last`` (leave out each epoch's last partial batch,
+    as GT-RIPL/CODA-Prompt's loader; default False, as LAMDA-PILOT's), and the run's
+    ``num_classes``, ``num_tasks`` (0: not known), ViT ``model`` and pixel ``preprocess``
+    (passed by ``from_config``; not config keys).
     """
 
     embeds: ClassVar[bool] = False
@@ -67,6 +68,7 @@ class ImageLearner(Learner):
     epochs: int = 1
     batch_size: int = 32
     learning_rate: float = 1e-3
+    drop_last: bool = False
     num_classes: int = 0
     num_tasks: int = 0
     model: Any = dataclasses.field(default=None, compare=False)
@@ -130,9 +132,9 @@ class ImageLearner(Learner):
         state, losses, backbone = fit_on_images(
             self, state, task.backbone,
             task.epoch_batches(self.batch_size, self.train_epochs(task.range),
-                               keyed=self.needs_key), task.range,
+                               keyed=self.needs_key, drop_last=self.drop_last), task.range,
             at_boundary=task.at_boundary, resume=task.resume,
-            steps_per_epoch=task.steps_per_epoch(self.batch_size))
+            steps_per_epoch=task.steps_per_epoch(self.batch_size, self.drop_last))
         if self.trains_backbone:
             task.replace_backbone(backbone)
         if self.embeds:

@@ -53,18 +53,21 @@ class Inputs:
 
     def epochs(self, images: ImageSet, idx: np.ndarray, labels: np.ndarray, batch: int,
                prefix: str, t: int, epochs: int, keys: Callable[[int], jax.Array] | None = None,
-               desc: Callable[[int], str] = str) -> Callable[[int, int], Iterator]:
+               desc: Callable[[int], str] = str, drop_last: bool = False
+               ) -> Callable[[int, int], Iterator]:
         """``(e, start) -> iterator`` of epoch e's global batches on the mesh from batch
         ``start`` on (resuming inside an epoch): (float32[B, S, S, 3] images in [0, 1],
         int32[B] labels[, PRNG key]), shuffled, train transform, seed sequences
         ``(config.seed, prefix + "order" | prefix + "transform", t, e)``, the ``epochs``
         epochs built by one ``pipeline.EpochStream``. ``keys(e)``: batch b of epoch e also
-        gets ``fold_in(keys(e), b)``. ``desc(e)``: the progress bar's title."""
+        gets ``fold_in(keys(e), b)``. ``desc(e)``: the progress bar's title. ``drop_last``:
+        full batches only (``data.batches.BatchMaker``)."""
         def maker(e):
             return batches.batch_maker(
                 images, idx, labels, batch, self.train_transform,
                 seeds.sequence(self.cfg.seed, prefix + "order", t, e),
-                seeds.sequence(self.cfg.seed, prefix + "transform", t, e), self.mesh.local_rows)
+                seeds.sequence(self.cfg.seed, prefix + "transform", t, e), self.mesh.local_rows,
+                drop_last)
 
         stream = pipeline.EpochStream(maker, epochs, self.workers)
         self._streams.add(stream)

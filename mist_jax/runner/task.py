@@ -53,18 +53,22 @@ class TaskView:
         ``embed(backbone, images)``'s float32[N, F]."""
         return self.run.evaluator.features(self.backbone, "train", self.idx, self.labels, embed)
 
-    def steps_per_epoch(self, batch_size: int) -> int:
+    def steps_per_epoch(self, batch_size: int, drop_last: bool = False) -> int:
+        if drop_last:
+            return len(self.idx) // batch_size
         return -(-len(self.idx) // batch_size)
 
-    def epoch_batches(self, batch_size: int, epochs: int, keyed: bool = False) -> Callable:
+    def epoch_batches(self, batch_size: int, epochs: int, keyed: bool = False,
+                      drop_last: bool = False) -> Callable:
         """``(epoch, start) -> batches`` of (images, labels[, key]) on the mesh for epochs 0 ..
         ``epochs`` - 1: shuffled, train transform, the learner's own seed streams; ``keyed``:
-        batch b of epoch e also carries ``fold_in(key(seed, "learner_dropout", t, e), b)``."""
+        batch b of epoch e also carries ``fold_in(key(seed, "learner_dropout", t, e), b)``;
+        ``drop_last``: the last partial batch of each epoch is left out."""
         run, t = self.run, self.index
         keys = (lambda e: seeds.key(run.cfg.seed, "learner_dropout", t, e)) if keyed else None
         return run.inputs.epochs(run.data.train, self.idx, self.labels, batch_size, "learner_",
                                  t, epochs, keys=keys, desc=lambda e: f"task {t} "
-                                 f"{run.learner.name} epoch {e + 1}")
+                                 f"{run.learner.name} epoch {e + 1}", drop_last=drop_last)
 
     def replace_backbone(self, backbone: Any) -> None:
         """Keep the backbone a learner trained (SLCA's slow learner) for the rest of the run."""

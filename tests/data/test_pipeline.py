@@ -61,6 +61,22 @@ def test_batches_are_the_documented_ones_for_any_worker_count(workers):
         np.testing.assert_array_equal(x, w)
 
 
+def test_drop_last_leaves_out_the_last_partial_batch_as_torch_does():
+    s, idx = _photos(), np.arange(11)[::-1].copy()
+    tf = transforms.train_transform(16)
+    maker = batches.batch_maker(s, idx, s.labels[idx], 4, tf, (7, 1), (7, 2), drop_last=True)
+    got = list(pipeline.pixel_batches(maker, workers=0))
+    want = _expected(s, idx, 4, tf, (7, 1), (7, 2))[:2]
+    # 11 images in batches of 4: torch's DataLoader(drop_last=True) gives 2 batches, not 3.
+    assert len(maker) == 2 and [n for n, _ in got] == [4, 4]
+    order = np.random.default_rng((7, 1)).permutation(11)
+    for b, ((_, (x, y)), w) in enumerate(zip(got, want)):
+        np.testing.assert_array_equal(x, w)
+        np.testing.assert_array_equal(y, s.labels[idx[order[4 * b:4 * b + 4]]])
+    with pytest.raises(ValueError, match="leaves no batch: lower the learner's batch_size"):
+        batches.batch_maker(s, idx, s.labels[idx], 12, tf, (7, 1), (7, 2), drop_last=True)
+
+
 @pytest.mark.parametrize("tf", [transforms.test_transform(8),
                                 transforms.EvalTransform(8, 9, mean=transforms.IMAGENET_MEAN,
                                                          std=transforms.IMAGENET_STD)])

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from support.learner_runs import assert_resumes_bitwise, learner_config, run_without_mist  # noqa: E402
+from support.runs import StopAt  # noqa: E402
 
 from mist_jax import learners  # noqa: E402
+from mist_jax.infra import interrupt  # noqa: E402
 from mist_jax.runner import train
 from mist_jax.learners.coda_prompt import CodaPrompt, orthonormal_block  # noqa: E402
 from mist_jax.learners.prompting import init_torch_linear_head  # noqa: E402
@@ -143,3 +145,16 @@ def test_coda_stopped_inside_its_epochs_resumes_bitwise(finished, tmp_path):
 
 def test_coda_without_mist_keeps_the_backbone_bitwise(tmp_path):
     run_without_mist(_config, tmp_path)
+
+
+@pytest.mark.parametrize("drop_last,where", [(False, "epoch 1, batch 3"),
+                                              (True, "epoch 2, batch 1")])
+def test_drop_last_gives_the_reference_loaders_steps_per_epoch(tmp_path, drop_last, where):
+    """30 training images per task in batches of 8: 4 steps per epoch (8, 8, 8, 6) as
+    LAMDA-PILOT's loader, 3 with ``drop_last`` as GT-RIPL/CODA-Prompt's; stopped after the
+    7th step, the run is in epoch 1 after 3 of its steps, or in epoch 2 after 1."""
+    make = learner_config("coda_prompt", layers=(0, 1), pool_size=4, length=2, epochs=3,
+                          batch_size=8, drop_last=drop_last)
+    with pytest.raises(interrupt.Interrupted, match=f"learner phase, {where}"):
+        train.Run(make(**{"mist.enabled": False}), tmp_path / "run", progress=False,
+                  stop=StopAt(7)).run()

@@ -31,7 +31,8 @@ def test_config_block_comes_from_the_dataclass():
     assert learners.LEARNERS["prompt_head"] is PromptHead
     assert "prompt_head" in smoke().learner  # registered before the config is built
     assert dict(PromptHead.default_config()) == {"epochs": 1, "batch_size": 32,
-                                                 "learning_rate": 1e-3, "length": 4}
+                                                 "learning_rate": 1e-3, "drop_last": False,
+                                                 "length": 4}
 
 
 @pytest.fixture(scope="module")
