@@ -20,6 +20,19 @@ import numpy as np
 Rows = Callable[[int], slice]
 
 
+def num_batches(n: int, batch: int, drop_last: bool = False) -> int:
+    """Batches of a pass over ``n`` images in batches of ``batch``: ceil(n / batch), or with
+    ``drop_last`` (full batches only, torch's ``DataLoader(drop_last=True)``) floor(n / batch).
+
+    Raises:
+      ValueError: ``drop_last`` with fewer images than one batch (the pass would have no step).
+    """
+    if drop_last and n < batch:
+        raise ValueError(f"drop_last with {n} images and batch size {batch} leaves no batch: "
+                         "lower the learner's batch_size or set its drop_last to False.")
+    return n // batch if drop_last else -(-n // batch)
+
+
 @dataclasses.dataclass(frozen=True)
 class BatchMaker:
     """Batch b of one pass, as uint8 pixels: ``maker(b) -> (global size n, (uint8[m, S, S, 3],
@@ -46,9 +59,7 @@ class BatchMaker:
     drop_last: bool = False
 
     def __len__(self) -> int:
-        if self.drop_last:
-            return len(self.idx) // self.batch
-        return -(-len(self.idx) // self.batch)
+        return num_batches(len(self.idx), self.batch, self.drop_last)
 
     def __call__(self, b: int) -> tuple[int, tuple[np.ndarray, np.ndarray]]:
         first = int(b) * self.batch
@@ -75,16 +86,14 @@ def batch_maker(images, idx: np.ndarray, labels: np.ndarray, batch: int, transfo
 
     Raises:
       ValueError: batch < 1, only one of the two seed sequences, or ``drop_last`` with fewer
-        images than one batch (the pass would have no step).
+        images than one batch (``num_batches``).
     """
     if batch < 1:
         raise ValueError(f"batch size must be >= 1, got {batch}.")
     if (order_seq is None) != (transform_seq is None):
         raise ValueError("Give both order_seq and transform_seq (train) or neither (test).")
     n = len(idx)
-    if drop_last and n < batch:
-        raise ValueError(f"drop_last with {n} images and batch size {batch} leaves no batch: "
-                         "lower the learner's batch_size or set its drop_last to False.")
+    num_batches(n, batch, drop_last)
     order = (np.random.default_rng(order_seq).permutation(n) if order_seq is not None
              else np.arange(n))
     sizes = {batch} | ({n % batch} if n % batch and not drop_last else set())

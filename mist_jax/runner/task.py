@@ -11,6 +11,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from mist_jax.data import batches
 from mist_jax.infra import loop, seeds
 
 
@@ -54,9 +55,7 @@ class TaskView:
         return self.run.evaluator.features(self.backbone, "train", self.idx, self.labels, embed)
 
     def steps_per_epoch(self, batch_size: int, drop_last: bool = False) -> int:
-        if drop_last:
-            return len(self.idx) // batch_size
-        return -(-len(self.idx) // batch_size)
+        return batches.num_batches(len(self.idx), batch_size, drop_last)
 
     def epoch_batches(self, batch_size: int, epochs: int, keyed: bool = False,
                       drop_last: bool = False) -> Callable:
