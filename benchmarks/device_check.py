@@ -31,7 +31,13 @@ import time
 import traceback
 from pathlib import Path
 
+# Several processes share the accelerator (this one, each throughput worker, the run): none may
+# take 75% of its memory up front, as JAX does by default on a GPU.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ("devices", "dry_run", "throughput", "input", "run")
+#: The shrunk run's dataset -> classes per task (two tasks).
+RUN_DATA = {"mist_multi_domain": 15, "mist_mnist5k": 5}
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -42,7 +48,17 @@ def parse_args(argv=None):
     p.add_argument("--json", default="device_check.json")
     p.add_argument("--tiny", action="store_true",
                    help="tiny shapes (a 2-block ViT at 32 px, the smoke run): for CPU and tests")
-    return p.parse_args(argv)
+    p.add_argument("--run-data", default="mist_multi_domain", choices=sorted(RUN_DATA),
+                   help="the embedded dataset of the shrunk run (mist_mnist5k: 2 MB where a "
+                        "machine is reached by a small upload; 10 classes, two tasks of 5)")
+    p.add_argument("--sections", default=",".join(SECTIONS),
+                   help="comma-separated sections to run, in this order (a short lease: the "
+                        "most wanted first; the JSON is written after each)")
+    args = p.parse_args(argv)
+    args.sections = args.sections.split(",")
+    if unknown := set(args.sections) - set(SECTIONS):
+        p.error(f"unknown sections {sorted(unknown)}; choose from {','.join(SECTIONS)}")
+    return args
 
 
 def devices() -> dict:
@@ -92,12 +108,14 @@ def input_supply(tiny: bool) -> dict:
     return bench.main(args)
 
 
-def shrunk_run(tiny: bool, folder: Path) -> dict:
-    """The embedded default (DINOv2-S/14) at 224 px, two tasks of 15 classes, 2 MI epochs."""
-    work = folder / "run"
+def shrunk_run(tiny: bool, folder: Path, data: str = "mist_multi_domain") -> dict:
+    """The embedded default (DINOv2-S/14) at 224 px, two tasks (of 15 classes for
+    ``mist_multi_domain``, 5 for ``mist_mnist5k``), 2 MI epochs."""
+    work, per_task = folder / "run", RUN_DATA[data]
     overrides = (["--config", "configs/default.py:smoke"] if tiny else
                  ["--config", "configs/default.py", "--config.data.image_size=224",
-                  "--config.data.init_cls=15", "--config.data.increment=15",
+                  f"--config.data.name={data}",
+                  f"--config.data.init_cls={per_task}", f"--config.data.increment={per_task}",
                   "--config.data.train_per_class=20", "--config.data.test_per_class=20",
                   "--config.mist.epochs=2", "--config.learner.eval_batch_size=120"])
     cmd = [sys.executable, "-m", "mist_jax.main", "--workdir", str(work), *overrides,
@@ -106,19 +124,20 @@ def shrunk_run(tiny: bool, folder: Path) -> dict:
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     results = json.loads((work / "mist" / "results.json").read_text())
-    return {key: results[key] for key in ("acc_matrix", "top1_curve", "average_accuracy")
+    return {key: results[key] for key in ("acc_matrix", "top1_curve", "average_accuracy", "timing")
             if key in results} | {"tasks": len(results["acc_matrix"])}
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    out, failed = {"tiny": args.tiny}, []
+    out, failed = {"tiny": args.tiny, "run_data": args.run_data}, []
     with tempfile.TemporaryDirectory() as tmp:
         sections = {"devices": devices, "dry_run": lambda: dry_run(args.tiny, Path(tmp)),
                     "throughput": lambda: throughput(args.tiny),
                     "input": lambda: input_supply(args.tiny),
-                    "run": lambda: shrunk_run(args.tiny, Path(tmp))}
-        for name, section in sections.items():
+                    "run": lambda: shrunk_run(args.tiny, Path(tmp), args.run_data)}
+        for name in args.sections:
+            section = sections[name]
             print(f"\n== {name}", flush=True)
             t0 = time.perf_counter()
             try:

@@ -73,18 +73,17 @@ def _median_seconds(fn, steps: int) -> float:
 
 
 def _flops(fn, *args) -> float:
-    """FLOPs of one call of the unpartitioned ``fn`` from XLA's cost analysis (0.0 if the
-    backend gives none)."""
+    """FLOPs of one call of the unpartitioned ``fn`` (``programs.program_flops``: XLA's cost
+    analysis, the jaxpr count on GPU; 0.0 if the backend gives none)."""
     import jax
+
+    from mist_jax.infra import programs
 
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), args)
     try:
-        cost = jax.jit(fn).lower(*abstract).compile().cost_analysis()
+        return programs.program_flops(jax.jit(fn), abstract)[0]
     except Exception:  # pylint: disable=broad-except; some backends have no cost model
         return 0.0
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else {}
-    return float((cost or {}).get("flops", 0.0))
 
 
 def worker(args) -> dict:

@@ -210,7 +210,8 @@ def dry_run(cfg: ml_collections.ConfigDict, workdir: str | Path,
     rows = [programs.analyse(p, devices) for p in progs]
     echo(f"Dry run: {cfg.model.source} at {cfg.data.image_size} px, {cfg.model.dtype}, "
          f"remat={cfg.model.remat}, {devices} {jax.default_backend()} device(s), mesh "
-         f"{dict(mesh.mesh.shape)}; memory per device, FLOPs per call (XLA).")
+         f"{dict(mesh.mesh.shape)}; memory per device, FLOPs per call "
+         f"({'XLA' if rows[0]['flops_source'] == 'xla' else 'jaxpr: XLA:GPU omits cuBLAS'}).")
     echo(table(rows))
     plan = {"accelerator": plan_cfg.accelerator or None, "fits": None, "devices": devices,
             "backend": jax.default_backend(), "dtype": cfg.model.dtype,
