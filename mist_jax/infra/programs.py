@@ -103,7 +103,8 @@ def program_flops(fn: Callable, args: tuple, devices: int = 1, compiled=None) ->
     where it misses the cuBLAS matmuls: there ``jaxpr_flops / devices`` (``"jaxpr"``)."""
     if jax.default_backend() == "gpu":
         return jaxpr_flops(fn, args) / devices, "jaxpr"
-    compiled = compiled or fn.lower(*args).compile()
+    if compiled is None:
+        compiled = fn.lower(*args).compile()
     return float(_cost(compiled).get("flops", 0.0)), "xla"
 
 

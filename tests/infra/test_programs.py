@@ -61,7 +61,8 @@ def test_tuning_step_flops_match_two_views_forward_and_backward():
 
 
 def test_matmul_jaxpr_flops_are_two_multiply_adds():
-    x, w = jax.ShapeDtypeStruct((64, 256), jnp.float32), jax.ShapeDtypeStruct((256, 512), jnp.float32)
+    x = jax.ShapeDtypeStruct((64, 256), jnp.float32)
+    w = jax.ShapeDtypeStruct((256, 512), jnp.float32)
     assert programs.jaxpr_flops(jax.jit(jnp.matmul), (x, w)) == 2 * 64 * 256 * 512
 
 
